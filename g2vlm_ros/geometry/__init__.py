@@ -1,0 +1,1 @@
+"""ROS-free geometry math: pinhole projection, resampling, poses."""

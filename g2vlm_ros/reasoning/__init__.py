@@ -1,0 +1,1 @@
+"""ROS-free spatial question answering: request checks and answerer interfaces."""

@@ -1,0 +1,62 @@
+"""Checks on incoming spatial questions and the shape of an answer, independent of ROS."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Sequence
+
+import numpy as np
+
+
+class QuestionError(ValueError):
+    """The request cannot be answered as asked; the message tells the caller what to change."""
+
+
+@dataclass
+class Answer:
+    answer: str
+    reasoning: str = ""
+    value: float = math.nan
+    unit: str = ""
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [M,3] in the window's frame
+
+
+class SpatialAnswerer(Protocol):
+    """Answers a checked question over a geometry snapshot (defined by the reasoning issue)."""
+
+    def answer(self, question: str, cameras: Sequence[str], snapshot: object, timeout_s: float) -> Answer:
+        ...
+
+
+def check_question(question: str, max_bytes: int) -> str:
+    """Returns the stripped question or raises QuestionError (empty, too long)."""
+    stripped = question.strip()
+    if not stripped:
+        raise QuestionError("the question is empty")
+    size = len(stripped.encode("utf-8", errors="surrogatepass"))
+    if size > max_bytes:
+        raise QuestionError(f"the question is {size} bytes long; the limit is {max_bytes} bytes (max_question_bytes)")
+    return stripped
+
+
+def check_cameras(requested: Sequence[str], known: Sequence[str]) -> list[str]:
+    """Returns the cameras to answer over (all when none requested); unknown names are an error."""
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise QuestionError(f"unknown camera(s) {', '.join(unknown)}; configured: {', '.join(known)}")
+    return list(requested) or list(known)
+
+
+def effective_timeout(requested_s: float, default_s: float) -> float:
+    if not math.isfinite(requested_s) or requested_s < 0:
+        raise QuestionError(f"timeout_s must be a finite number >= 0, got {requested_s}")
+    return requested_s if requested_s > 0 else default_s
+
+
+def no_answerer_error() -> str:
+    return ("spatial question answering is not available in this version of g2vlm_ros; "
+            "the node publishes depth, point clouds and camera poses")
+
+
+def optional_float(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)

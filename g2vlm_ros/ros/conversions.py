@@ -1,0 +1,171 @@
+"""numpy <-> sensor_msgs conversions, vectorised, with no cv_bridge dependency.
+
+cv_bridge is not available everywhere (no ROS 2 build on PyPI), and these few encodings are
+simple enough that owning them is cheaper than a fallback chain.
+"""
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+
+class ImageConversionError(ValueError):
+    """The message cannot be turned into an RGB image; the text says why."""
+
+
+# encoding -> (channels, order of R,G,B within the pixel; None for grey)
+COLOR_ENCODINGS: dict[str, tuple[int, Optional[tuple[int, int, int]]]] = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, None),
+}
+MAX_IMAGE_PIXELS = 7680 * 4320  # 8K: anything larger is refused before touching the data
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """Converts an 8-bit colour or grey sensor_msgs/Image to an RGB uint8 array [H,W,3].
+
+    Honours `step` (row padding) and refuses inconsistent messages instead of guessing.
+    """
+    encoding = msg.encoding.lower()
+    if encoding not in COLOR_ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported encoding '{msg.encoding}'; supported: {', '.join(COLOR_ENCODINGS)}"
+        )
+    channels, rgb_order = COLOR_ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"empty image ({width}x{height})")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageConversionError(f"image {width}x{height} exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise ImageConversionError(f"step {step} is smaller than width*channels = {row_bytes} for {encoding}")
+    if len(msg.data) != step * height:
+        raise ImageConversionError(f"data has {len(msg.data)} bytes, expected step*height = {step * height}")
+    # msg.data is an array('B') (or bytes): frombuffer wraps it without a copy
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)
+    pixels = rows[:, :row_bytes].reshape(height, width, channels)
+    if rgb_order is None:
+        return np.repeat(pixels, 3, axis=2)
+    if rgb_order == (0, 1, 2) and channels == 3:
+        return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels[:, :, list(rgb_order)])
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """Decodes a JPEG/PNG sensor_msgs/CompressedImage to RGB uint8 [H,W,3]."""
+    from PIL import Image as PILImage  # imported lazily: only compressed input needs Pillow
+
+    if len(msg.data) == 0:
+        raise ImageConversionError("compressed image has no data")
+    try:
+        with PILImage.open(io.BytesIO(bytes(msg.data))) as decoded:
+            if decoded.width * decoded.height > MAX_IMAGE_PIXELS:
+                raise ImageConversionError(f"image {decoded.width}x{decoded.height} exceeds the pixel limit")
+            return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
+    except ImageConversionError:
+        raise
+    except Exception as error:  # PIL raises many types for corrupt data
+        raise ImageConversionError(f"cannot decode compressed image (format '{msg.format}'): {error}") from error
+
+
+def numpy_to_image(array: np.ndarray, encoding: str, header: Header) -> Image:
+    """Builds a sensor_msgs/Image from a contiguous array: 32FC1 [H,W] float32, rgb8 [H,W,3], mono8 [H,W]."""
+    expected = {"32FC1": (np.float32, 2), "rgb8": (np.uint8, 3), "mono8": (np.uint8, 2)}
+    if encoding not in expected:
+        raise ValueError(f"numpy_to_image does not write encoding '{encoding}'")
+    dtype, ndim = expected[encoding]
+    if array.ndim != ndim or (ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"array of shape {array.shape} does not fit encoding {encoding}")
+    array = np.ascontiguousarray(array, dtype=dtype)
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(np.little_endian is False)
+    msg.step = int(array.strides[0])
+    msg.data = array.tobytes()  # bytes, not ndarray: assigning an ndarray to uint8[] is ~300x slower
+    return msg
+
+
+def image_to_numpy_float(msg: Image) -> np.ndarray:
+    """Reads a 32FC1 image into a float32 [H,W] array (used by tests and tools)."""
+    if msg.encoding != "32FC1":
+        raise ImageConversionError(f"expected 32FC1, got '{msg.encoding}'")
+    dtype = np.dtype(np.float32).newbyteorder(">" if msg.is_bigendian else "<")
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
+    return rows[:, : msg.width * 4].copy().view(dtype).astype(np.float32).reshape(msg.height, msg.width)
+
+
+def pack_rgb_float(colors: np.ndarray) -> np.ndarray:
+    """Packs uint8 RGB [...,3] into float32 whose bits are 0x00RRGGBB (the PCL/RViz 'rgb' field)."""
+    colors = colors.astype(np.uint32)
+    packed = (colors[..., 0] << 16) | (colors[..., 1] << 8) | colors[..., 2]
+    return packed.view(np.float32)
+
+
+def unpack_rgb_float(rgb: np.ndarray) -> np.ndarray:
+    """Inverse of pack_rgb_float: float32 [...] -> uint8 RGB [...,3]."""
+    bits = np.ascontiguousarray(rgb, dtype=np.float32).view(np.uint32)
+    return np.stack(((bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF), axis=-1).astype(np.uint8)
+
+
+def pack_point_cloud(
+    points: np.ndarray,
+    colors: np.ndarray,
+    confidence: Optional[np.ndarray],
+    header: Header,
+) -> PointCloud2:
+    """Builds an unorganised PointCloud2 with fields x, y, z, rgb[, confidence] (all float32).
+
+    points [M,3] float, colors [M,3] uint8, confidence [M] float or None (then the field is
+    omitted rather than faked). Points are written as given; is_dense is False because callers
+    may pass non-finite values.
+    """
+    count = int(points.shape[0])
+    names = ["x", "y", "z", "rgb"] + (["confidence"] if confidence is not None else [])
+    layout = np.dtype({"names": names, "formats": [np.float32] * len(names)})
+    packed = np.empty(count, dtype=layout)
+    packed["x"], packed["y"], packed["z"] = points[:, 0], points[:, 1], points[:, 2]
+    packed["rgb"] = pack_rgb_float(colors)
+    if confidence is not None:
+        packed["confidence"] = confidence
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = 1, count
+    msg.fields = [
+        PointField(name=name, offset=4 * index, datatype=PointField.FLOAT32, count=1)
+        for index, name in enumerate(names)
+    ]
+    msg.is_bigendian = False
+    msg.point_step = layout.itemsize
+    msg.row_step = layout.itemsize * count
+    msg.is_dense = False
+    msg.data = packed.tobytes()
+    return msg
+
+
+_POINTFIELD_DTYPES = {
+    PointField.INT8: np.int8, PointField.UINT8: np.uint8, PointField.INT16: np.int16,
+    PointField.UINT16: np.uint16, PointField.INT32: np.int32, PointField.UINT32: np.uint32,
+    PointField.FLOAT32: np.float32, PointField.FLOAT64: np.float64,
+}
+
+
+def unpack_point_cloud(msg: PointCloud2) -> np.ndarray:
+    """Reads any PointCloud2 into a structured array keyed by field name (one scalar per field)."""
+    endian = ">" if msg.is_bigendian else "<"
+    layout = np.dtype({
+        "names": [field.name for field in msg.fields],
+        "formats": [np.dtype(_POINTFIELD_DTYPES[field.datatype]).newbyteorder(endian) for field in msg.fields],
+        "offsets": [field.offset for field in msg.fields],
+        "itemsize": msg.point_step,
+    })
+    return np.frombuffer(msg.data, dtype=layout, count=msg.width * msg.height)

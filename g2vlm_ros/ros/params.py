@@ -1,0 +1,171 @@
+"""Node parameters: declared with descriptors, validated, and gathered into a typed config.
+
+Each parameter is described once in PARAMETERS (name, default, description, constraints); the
+node declares them all, reads them into `NodeConfig`, and rejects invalid runtime changes in its
+set-parameters callback with the same checks.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from g2vlm_ros.runtime.registry import BACKEND_CHOICES
+
+INPUT_QOS_CHOICES = ("sensor_data", "reliable")
+OUTPUT_QOS_CHOICES = ("reliable", "best_effort")
+SCALE_SOURCES = ("none", "fixed")
+TRANSPORTS = ("raw", "compressed")
+CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A parameter value is invalid; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True
+    choices: tuple[str, ...] = ()
+    int_range: Optional[tuple[int, int]] = None
+    float_range: Optional[tuple[float, float]] = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        constraints = f"one of: {', '.join(self.choices)}" if self.choices else ""
+        descriptor = ParameterDescriptor(
+            name=self.name, description=self.description, read_only=self.read_only,
+            additional_constraints=constraints,
+        )
+        if self.int_range:
+            descriptor.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
+        if self.float_range:
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=self.float_range[0], to_value=self.float_range[1], step=0.0)
+            ]
+        return descriptor
+
+    def check(self, value: Any) -> None:
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"parameter '{self.name}' = '{value}' is not one of {', '.join(self.choices)}")
+        for bounds in (self.int_range, self.float_range):
+            if bounds and not bounds[0] <= value <= bounds[1]:
+                raise ConfigError(f"parameter '{self.name}' = {value} is outside [{bounds[0]}, {bounds[1]}]")
+
+
+PARAMETERS = (
+    ParamSpec("cameras", ["camera"], "Camera names. Each camera <name> reads <name>.image_topic, "
+              "<name>.camera_info_topic, <name>.transport and <name>.frame_id."),
+    ParamSpec("input_qos", "sensor_data", "QoS of camera subscriptions: sensor_data (best effort, "
+              "the REP 2003 camera profile) or reliable (e.g. for bag playback).", choices=INPUT_QOS_CHOICES),
+    ParamSpec("output_qos", "reliable", "Reliability of the published outputs.", choices=OUTPUT_QOS_CHOICES),
+    ParamSpec("world_frame", "g2vlm_world", "Frame of the point cloud and poses: the model's world frame "
+              "(the first view's camera at the first window)."),
+    ParamSpec("publish_tf", True, "Broadcast world_frame -> camera optical frame on /tf."),
+    ParamSpec("window_size", 1, "Frames per camera in one inference window.", int_range=(1, 16)),
+    ParamSpec("max_rate_hz", 10.0, "Upper bound on inference windows per second.", read_only=False,
+              float_range=(0.01, 1000.0)),
+    ParamSpec("backend", "auto", "Inference backend. auto = tensorrt, then onnxruntime, then torch, the "
+              "first that can run; test_pattern is a geometry-free placeholder for I/O tests only.",
+              choices=BACKEND_CHOICES),
+    ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout."),
+    ParamSpec("engine_dir", "", "Folder of compiled engines and ONNX graphs (empty: the package's engines/)."),
+    ParamSpec("device", "cuda", "Compute device for torch/onnxruntime backends (cuda, cuda:N or cpu)."),
+    ParamSpec("scale_source", "none", "Metric scale: none (outputs are relative, depth goes to "
+              "<camera>/depth_relative) or fixed (fixed_scale metres per model unit, depth in metres on "
+              "<camera>/depth).", choices=SCALE_SOURCES),
+    ParamSpec("fixed_scale", 1.0, "Metres per model unit when scale_source is fixed.", read_only=False,
+              float_range=(1e-6, 1e6)),
+    ParamSpec("cloud_stride", 2, "Keep every n-th pixel in each direction for /g2vlm/points.", read_only=False,
+              int_range=(1, 64)),
+    ParamSpec("confidence_threshold", 0.0, "Drop cloud points below this confidence (when the model "
+              "predicts confidence).", read_only=False, float_range=(0.0, 1.0)),
+    ParamSpec("max_question_bytes", 4096, "Longest accepted /g2vlm/ask question in UTF-8 bytes.",
+              int_range=(1, 1_000_000)),
+    ParamSpec("ask_timeout_s", 10.0, "Default /g2vlm/ask timeout when the request gives none.",
+              read_only=False, float_range=(0.01, 3600.0)),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", float_range=(0.05, 60.0)),
+)
+SPECS = {spec.name: spec for spec in PARAMETERS}
+
+
+def camera_specs(camera: str) -> tuple[ParamSpec, ...]:
+    return (
+        ParamSpec(f"{camera}.image_topic", f"/{camera}/image_raw", f"Image topic of camera '{camera}' "
+                  "(rgb8, bgr8, rgba8, bgra8, mono8); with transport=compressed, the CompressedImage topic."),
+        ParamSpec(f"{camera}.camera_info_topic", f"/{camera}/camera_info", f"CameraInfo topic of camera "
+                  f"'{camera}'; empty: estimate intrinsics from the model."),
+        ParamSpec(f"{camera}.transport", "raw", f"Input transport of camera '{camera}'.", choices=TRANSPORTS),
+        ParamSpec(f"{camera}.frame_id", "", f"Optical frame of camera '{camera}'; empty: the image header's."),
+    )
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str
+    image_topic: str
+    camera_info_topic: str
+    transport: str
+    frame_id: str
+
+
+@dataclass
+class NodeConfig:
+    cameras: list[CameraConfig]
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _declare(node: Node, spec: ParamSpec) -> Any:
+    value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
+    spec.check(value)
+    return value
+
+
+def declare_and_read(node: Node) -> NodeConfig:
+    """Declares every parameter on `node` and returns the validated configuration."""
+    values = {spec.name: _declare(node, spec) for spec in PARAMETERS}
+    names = list(values["cameras"])
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"parameter 'cameras' must list unique names, got {names}")
+    cameras = []
+    for name in names:
+        if not CAMERA_NAME.match(name):
+            raise ConfigError(f"camera name '{name}' must match {CAMERA_NAME.pattern}")
+        image_topic, info_topic, transport, frame_id = (_declare(node, spec) for spec in camera_specs(name))
+        if not image_topic:
+            raise ConfigError(f"parameter '{name}.image_topic' must not be empty")
+        cameras.append(CameraConfig(name, image_topic, info_topic, transport, frame_id))
+    return NodeConfig(cameras=cameras, values=values)
+
+
+def make_set_parameters_callback(config: NodeConfig, on_change: Callable[[], None]):
+    """Validates runtime changes against PARAMETERS and applies accepted ones to `config`."""
+
+    def callback(parameters: list[Parameter]) -> SetParametersResult:
+        for parameter in parameters:
+            spec = SPECS.get(parameter.name)
+            if spec is None:
+                continue  # per-camera parameters are read-only; rclpy enforces that
+            try:
+                spec.check(parameter.value)
+            except ConfigError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+        for parameter in parameters:
+            if parameter.name in SPECS:
+                config.values[parameter.name] = parameter.value
+        on_change()
+        return SetParametersResult(successful=True)
+
+    return callback

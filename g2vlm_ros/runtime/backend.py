@@ -1,0 +1,97 @@
+"""The interface every inference backend implements, and the result it returns."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend cannot be created here (missing weights, package, device or implementation)."""
+
+
+class InvalidInputError(ValueError):
+    """The images handed to a backend violate its contract (count, shape, dtype)."""
+
+
+@dataclass
+class GeometryResult:
+    """Geometry for one window of N views, at the backend's working resolution (H, W).
+
+    Frames: `local_points` are in each camera's optical frame (x right, y down, z forward);
+    `world_points` and `camera_to_world` are in the model's world frame. Units are the model's:
+    G2VLM is up to scale, so lengths are relative unless `metric` is True.
+    """
+
+    depth: np.ndarray  # [N,H,W] float32, z of local_points; NaN where invalid
+    local_points: np.ndarray  # [N,H,W,3] float32
+    world_points: np.ndarray  # [N,H,W,3] float32
+    camera_to_world: np.ndarray  # [N,4,4] float64
+    intrinsics: np.ndarray  # [N,3,3] float64, for the (H, W) working resolution
+    confidence: Optional[np.ndarray] = None  # [N,H,W] float32 in [0,1]; None: the model has none
+    metric: bool = False
+
+    @property
+    def num_views(self) -> int:
+        return int(self.depth.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the working resolution."""
+        return int(self.depth.shape[2]), int(self.depth.shape[1])
+
+    def validate(self) -> None:
+        """Raises ValueError when the arrays disagree on N, H or W."""
+        n, h, w = self.depth.shape
+        expected = {
+            "local_points": (n, h, w, 3),
+            "world_points": (n, h, w, 3),
+            "camera_to_world": (n, 4, 4),
+            "intrinsics": (n, 3, 3),
+        }
+        if self.confidence is not None:
+            expected["confidence"] = (n, h, w)
+        for name, shape in expected.items():
+            actual = getattr(self, name).shape
+            if actual != shape:
+                raise ValueError(f"GeometryResult.{name} has shape {actual}, expected {shape}")
+
+
+class GeometryBackend(abc.ABC):
+    """Runs the geometry path on a window of RGB images.
+
+    `run` takes N uint8 RGB images [H_i,W_i,3] (sizes may differ per view) and returns a
+    GeometryResult. Implementations are used from one worker thread at a time.
+    """
+
+    #: short identifier shown in diagnostics, e.g. "torch", "onnxruntime", "tensorrt"
+    name: str = "abstract"
+    #: numeric precision of the computation, e.g. "fp32", "bf16"
+    precision: str = "fp32"
+    #: True only for backends that do not compute real geometry (test fixtures)
+    is_placeholder: bool = False
+
+    @abc.abstractmethod
+    def run(self, images: Sequence[np.ndarray]) -> GeometryResult:
+        ...
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.precision})"
+
+    def close(self) -> None:
+        """Releases device memory; the backend is unusable afterwards."""
+
+
+def check_rgb_images(images: Sequence[np.ndarray]) -> None:
+    """Raises InvalidInputError unless `images` is a non-empty list of uint8 [H,W,3] arrays."""
+    if len(images) == 0:
+        raise InvalidInputError("a window needs at least one image")
+    for index, image in enumerate(images):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidInputError(
+                f"view {index}: expected uint8 RGB [H,W,3], got {image.dtype} {tuple(image.shape)}"
+            )
+        if image.shape[0] < 2 or image.shape[1] < 2:
+            raise InvalidInputError(f"view {index}: image {image.shape[1]}x{image.shape[0]} is too small")
