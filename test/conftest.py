@@ -1,0 +1,162 @@
+"""Shared fixtures: an isolated DDS environment, node processes and a client node.
+
+The environment is fixed at import time, before any test imports rclpy, so this process and the
+node processes it starts share one private, loopback-only DDS domain.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE_LIB = Path(sys.prefix) / "lib" / "g2vlm_ros"
+PARAMS_FILE = REPO / "config" / "g2vlm.yaml"
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # keep DDS off real network interfaces
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO / "config" / "fastdds_large_shm.xml")
+os.environ.pop("RMW_IMPLEMENTATION", None)  # only rmw_fastrtps_cpp exists in the pip install
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+os.environ["PYTHONUNBUFFERED"] = "1"
+
+
+class NodeProcess:
+    """A perception_node in its own process, its output captured in a log file."""
+
+    def __init__(self, log_path: Path, parameters: dict[str, Any], extra_args: tuple[str, ...] = ()):
+        self.log_path = log_path
+        args = [str(PACKAGE_LIB / "perception_node"), "--ros-args", "--params-file", str(PARAMS_FILE)]
+        for name, value in parameters.items():
+            args += ["-p", f"{name}:={format_parameter(value)}"]
+        args += list(extra_args)
+        self._log_file = open(log_path, "w")
+        self.process = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for_log(self, text: str, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"'{text}' not in node log after {timeout_s} s:\n{self.log()}")
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"node did not stop within {timeout_s} s after SIGINT:\n{self.log()}")
+        self._log_file.close()
+        return self.process.returncode
+
+
+def format_parameter(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_parameter(item) for item in value) + "]"
+    return str(value)
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """start_node(**parameters) -> NodeProcess, ready to receive; stopped (and checked) after the test."""
+    started: list[NodeProcess] = []
+
+    def start(wait_ready: bool = True, **parameters) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"node{len(started)}.log", parameters)
+        started.append(node)
+        if wait_ready:
+            node.wait_for_log("ready:")
+        return node
+
+    yield start
+    for node in started:
+        was_alive = node.alive()
+        code = node.stop()
+        if was_alive:
+            assert code == 0, f"node exited with {code} on SIGINT:\n{node.log()}"
+
+
+class RosClient:
+    """A client node spinning in a background thread, with helpers to collect and wait."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f"g2vlm_test_client_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def collect(self, message_type, topic: str, qos=10) -> list:
+        received: list = []
+        self.node.create_subscription(message_type, topic, received.append, qos)
+        return received
+
+    def call(self, service_type, name: str, request, timeout_s: float = 10.0):
+        client = self.node.create_client(service_type, name)
+        assert client.wait_for_service(timeout_sec=timeout_s), f"service {name} not available"
+        future = client.call_async(request)
+        wait_until(future.done, timeout_s, f"no response from {name}")
+        return future.result()
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, message: str = "",
+               action: Optional[Callable[[], None]] = None, period_s: float = 0.05) -> Any:
+    """Polls `condition` (running `action` before each poll) until it is truthy or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if action is not None:
+            action()
+        value = condition()
+        if value:
+            return value
+        time.sleep(period_s)
+    raise AssertionError(message or f"condition not met within {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def ros_client():
+    client = RosClient()
+    yield client
+    client.close()

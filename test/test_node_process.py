@@ -1,0 +1,275 @@
+"""The perception node in its own process, driven over DDS from this process.
+
+The node runs the `test_pattern` backend, whose depth is 1 + luminance of the input pixel (see
+g2vlm_ros/runtime/test_pattern.py), so every value that comes back can be predicted here.
+"""
+import math
+import uuid
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+
+from conftest import wait_until
+from g2vlm_interfaces.srv import Ask
+from g2vlm_ros.ros.conversions import image_to_numpy_float, numpy_to_image, unpack_point_cloud, unpack_rgb_float
+
+WIDTH, HEIGHT = 640, 480
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def expected_depth(rgb) -> float:
+    return 1.0 + float(np.asarray(rgb, float) @ LUMA / 255.0)
+
+
+@pytest.fixture
+def camera(ros_client):
+    """A unique camera name and topics per test, so stale messages of other tests never match."""
+    name = f"cam_{uuid.uuid4().hex[:8]}"
+    return name
+
+
+def publish_until(ros_client, publisher, make_msg, received, count=1, timeout_s=20.0):
+    """Publishes a fresh message every 50 ms until `received` holds `count` messages."""
+    wait_until(lambda: len(received) >= count, timeout_s, f"nothing received after {timeout_s} s",
+               action=lambda: publisher.publish(make_msg()))
+
+
+def stamped(ros_client, frame_id: str) -> Header:
+    header = Header(frame_id=frame_id)
+    header.stamp = ros_client.node.get_clock().now().to_msg()
+    return header
+
+
+def rgb_image(colour, header, encoding="rgb8", width=WIDTH, height=HEIGHT) -> Image:
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = colour
+    if encoding == "rgb8":
+        return numpy_to_image(image, "rgb8", header)
+    order = {"bgr8": [2, 1, 0], "rgba8": [0, 1, 2, 0], "bgra8": [2, 1, 0, 0], "mono8": [0]}[encoding]
+    pixels = np.ascontiguousarray(image[..., order])
+    msg = Image(header=header, height=height, width=width, encoding=encoding, step=width * len(order))
+    msg.data = pixels.tobytes()
+    return msg
+
+
+def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_node, ros_client, camera):
+    node = start_node(backend="test_pattern", cameras=[camera], cloud_stride=4)
+    depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
+    info = ros_client.collect(CameraInfo, f"/g2vlm/{camera}/camera_info")
+    pose = ros_client.collect(PoseStamped, f"/g2vlm/{camera}/pose")
+    points = ros_client.collect(PointCloud2, "/g2vlm/points")
+    metric_depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth")
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", qos_profile_sensor_data)
+    sent = {}
+
+    def make():
+        header = stamped(ros_client, f"{camera}_optical")
+        sent[(header.stamp.sec, header.stamp.nanosec)] = header
+        return rgb_image((200, 100, 50), header)
+
+    publish_until(ros_client, publisher, make, depth)
+    wait_until(lambda: info and pose and points, 10, "camera_info, pose or points missing")
+
+    msg = depth[0]
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) in sent, "depth must carry the source stamp"
+    assert msg.header.frame_id == f"{camera}_optical"
+    assert (msg.encoding, msg.width, msg.height) == ("32FC1", WIDTH, HEIGHT)
+    np.testing.assert_allclose(image_to_numpy_float(msg), expected_depth((200, 100, 50)), rtol=1e-5)
+
+    assert info[0].header.frame_id == f"{camera}_optical" and (info[0].width, info[0].height) == (WIDTH, HEIGHT)
+    k = np.array(info[0].k).reshape(3, 3)
+    # the placeholder's 60-degree horizontal field of view, scaled back to 640 px
+    assert k[0, 0] == pytest.approx(0.5 * WIDTH / math.tan(math.radians(30)), rel=1e-6)
+    assert k[0, 2] == pytest.approx((WIDTH - 1) / 2, abs=1e-6)
+
+    assert pose[0].header.frame_id == "g2vlm_world"
+    assert (pose[0].header.stamp.sec, pose[0].header.stamp.nanosec) in sent
+    assert pose[0].pose.orientation.w == pytest.approx(1.0)
+
+    cloud = points[0]
+    assert cloud.header.frame_id == "g2vlm_world" and cloud.is_dense is False
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "confidence"]
+    data = unpack_point_cloud(cloud)
+    assert len(data) == (WIDTH // 4 // 4) * (HEIGHT // 4 // 4)  # backend downsample 4, cloud stride 4
+    np.testing.assert_allclose(data["z"], expected_depth((200, 100, 50)), rtol=1e-5)
+    assert (unpack_rgb_float(data["rgb"]) == [200, 100, 50]).all()
+    assert not metric_depth, "relative depth must never appear on the metric depth topic"
+    assert "TEST PLACEHOLDER" in node.log()
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8"])
+def test_every_supported_encoding_yields_the_depth_of_its_colour(start_node, ros_client, camera, encoding):
+    start_node(backend="test_pattern", cameras=[camera])
+    depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", qos_profile_sensor_data)
+    colour = (90, 90, 90) if encoding == "mono8" else (10, 200, 30)
+    publish_until(ros_client, publisher, lambda: rgb_image(colour, stamped(ros_client, "opt"), encoding), depth)
+    np.testing.assert_allclose(image_to_numpy_float(depth[0]), expected_depth(colour), rtol=1e-5)
+
+
+def test_given_camera_info_is_republished_with_the_image_header(start_node, ros_client, camera):
+    start_node(backend="test_pattern", cameras=[camera], input_qos="reliable")
+    info_out = ros_client.collect(CameraInfo, f"/g2vlm/{camera}/camera_info")
+    info_pub = ros_client.node.create_publisher(CameraInfo, f"/{camera}/camera_info", 10)
+    image_pub = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
+    given = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model="plumb_bob")
+    given.k = [500.0, 0.0, 320.0, 0.0, 505.0, 240.0, 0.0, 0.0, 1.0]
+
+    def make():
+        info_pub.publish(given)
+        return rgb_image((1, 2, 3), stamped(ros_client, "left_optical"))
+
+    publish_until(ros_client, image_pub, make, info_out)
+    # the first output may predate the CameraInfo; wait for one that carries it
+    wait_until(lambda: any(msg.k[0] == 500.0 for msg in info_out), 10, "given CameraInfo not used",
+               action=lambda: image_pub.publish(make()))
+    msg = next(msg for msg in info_out if msg.k[0] == 500.0)
+    assert list(msg.k) == list(given.k) and msg.header.frame_id == "left_optical"
+
+
+def test_fixed_scale_publishes_metres_on_depth_and_nothing_relative(start_node, ros_client, camera):
+    start_node(backend="test_pattern", cameras=[camera], scale_source="fixed", fixed_scale=2.5)
+    metric = ros_client.collect(Image, f"/g2vlm/{camera}/depth")
+    relative = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
+    pose = ros_client.collect(PoseStamped, f"/g2vlm/{camera}/pose")
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", qos_profile_sensor_data)
+    publish_until(ros_client, publisher, lambda: rgb_image((0, 0, 0), stamped(ros_client, "opt")), metric)
+    np.testing.assert_allclose(image_to_numpy_float(metric[0]), 2.5 * expected_depth((0, 0, 0)), rtol=1e-5)
+    wait_until(lambda: pose, 5)
+    assert not relative
+
+
+def test_two_cameras_form_one_window(start_node, ros_client):
+    left, right = f"l{uuid.uuid4().hex[:6]}", f"r{uuid.uuid4().hex[:6]}"
+    start_node(backend="test_pattern", cameras=[left, right])
+    poses = {name: ros_client.collect(PoseStamped, f"/g2vlm/{name}/pose") for name in (left, right)}
+    points = ros_client.collect(PointCloud2, "/g2vlm/points")
+    pubs = {name: ros_client.node.create_publisher(Image, f"/{name}/image_raw", qos_profile_sensor_data)
+            for name in (left, right)}
+
+    def publish_both():
+        for name, colour in ((left, (0, 0, 0)), (right, (255, 255, 255))):
+            pubs[name].publish(rgb_image(colour, stamped(ros_client, f"{name}_optical"), width=64, height=48))
+
+    wait_until(lambda: poses[left] and poses[right] and points, 20, "no window from two cameras",
+               action=publish_both)
+    # camera order in the window is the parameter order: the second view sits 0.1 units along x
+    assert poses[left][-1].pose.position.x == pytest.approx(0.0)
+    assert poses[right][-1].pose.position.x == pytest.approx(0.1)
+    depths = unpack_point_cloud(points[-1])["z"]
+    assert np.isclose(depths, 1.0).any() and np.isclose(depths, 2.0).any(), "cloud must hold both views"
+
+
+BAD_IMAGES = {
+    "unknown encoding": (lambda h: Image(header=h, encoding="mono16", width=4, height=4, step=8, data=bytes(32)),
+                         "unsupported encoding 'mono16'"),
+    "wrong step": (lambda h: Image(header=h, encoding="rgb8", width=4, height=4, step=5, data=bytes(20)),
+                   "step 5 is smaller than width*channels = 12"),
+    "truncated data": (lambda h: Image(header=h, encoding="rgb8", width=4, height=4, step=12, data=bytes(40)),
+                       "data has 40 bytes, expected step*height = 48"),
+    "empty image": (lambda h: Image(header=h, encoding="rgb8", width=0, height=0, step=0), "empty image (0x0)"),
+}
+
+
+def test_bad_input_is_logged_and_the_node_keeps_working(start_node, ros_client, camera):
+    node = start_node(backend="test_pattern", cameras=[camera])
+    depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
+    diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics")
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
+    for label, (make_bad, reason) in BAD_IMAGES.items():
+        wait_until(lambda: reason in node.log(), 10, f"no log line for {label}",
+                   action=lambda: publisher.publish(make_bad(stamped(ros_client, "opt"))), period_s=0.2)
+        assert f"camera '{camera}': dropped frame: {reason}" in node.log()
+    assert not depth, "nothing may be published from a rejected frame"
+    publish_until(ros_client, publisher, lambda: rgb_image((5, 5, 5), stamped(ros_client, "opt")), depth)
+    assert node.alive()
+
+    def rejected_count() -> int:
+        counts = [int(kv.value) for array in diagnostics for status in array.status
+                  if status.name == f"g2vlm: camera {camera}" for kv in status.values if kv.key == "frames_rejected"]
+        return max(counts, default=0)
+
+    wait_until(lambda: rejected_count() >= len(BAD_IMAGES), 5, "diagnostics do not count the rejected frames")
+
+
+def test_empty_frame_id_is_refused_unless_configured(start_node, ros_client, camera):
+    node = start_node(backend="test_pattern", cameras=[camera])
+    depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
+    wait_until(lambda: "header.frame_id is empty" in node.log(), 10, "empty frame_id not reported",
+               action=lambda: publisher.publish(rgb_image((1, 1, 1), stamped(ros_client, ""))))
+    assert not depth
+
+
+def test_ask_service_validates_requests_and_never_invents_answers(start_node, ros_client, camera):
+    start_node(backend="test_pattern", cameras=[camera], max_question_bytes=100)
+    ask = "/g2vlm/ask"
+    before = ros_client.call(Ask, ask, Ask.Request(question="How far is the wall?"))
+    assert not before.success and "no perception window" in before.error and math.isnan(before.value)
+
+    depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", qos_profile_sensor_data)
+    publish_until(ros_client, publisher, lambda: rgb_image((9, 9, 9), stamped(ros_client, "o")), depth)
+
+    cases = {
+        "": "the question is empty",
+        "   ": "the question is empty",
+        "x" * 101: "the limit is 100 bytes",
+    }
+    for question, error in cases.items():
+        response = ros_client.call(Ask, ask, Ask.Request(question=question))
+        assert not response.success and error in response.error
+    response = ros_client.call(Ask, ask, Ask.Request(question="depth?", cameras=["nope"]))
+    assert not response.success and "unknown camera(s) nope" in response.error
+    response = ros_client.call(Ask, ask, Ask.Request(question="depth?", timeout_s=-1.0))
+    assert not response.success and "timeout_s" in response.error
+    response = ros_client.call(Ask, ask, Ask.Request(question="How far is the wall?", cameras=[camera]))
+    assert not response.success and "not available" in response.error
+    assert math.isnan(response.value) and response.frame_id == "g2vlm_world" and response.stamp.sec > 0
+
+
+def test_without_a_model_the_node_stays_up_and_says_why(start_node, ros_client, camera):
+    node = start_node(backend="auto", cameras=[camera], checkpoint_path="/nonexistent/g2vlm")
+    assert "no model loaded" in node.log()
+    diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics")
+    wait_until(lambda: any(s.name == "g2vlm: model" and s.level == b"\x02" and "no model loaded" in s.message
+                           for a in diagnostics for s in a.status), 10, "model ERROR status not published")
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
+    for _ in range(5):
+        publisher.publish(rgb_image((1, 1, 1), stamped(ros_client, "o")))
+    response = ros_client.call(Ask, "/g2vlm/ask", Ask.Request(question="How far?"))
+    assert not response.success and "no model loaded" in response.error
+    assert node.alive()
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"backend": "magic"}, "parameter 'backend' = 'magic' is not one of"),
+    ({"cameras": ["bad-name"]}, "camera name 'bad-name' must match"),
+    ({"scale_source": "guess"}, "parameter 'scale_source' = 'guess'"),
+])
+def test_invalid_configuration_exits_with_a_clear_reason(start_node, parameters, message):
+    node = start_node(wait_ready=False, **parameters)
+    node.process.wait(20)
+    assert node.process.returncode == 2 and message in node.log()
+
+
+def test_runtime_parameter_changes_are_validated(start_node, ros_client, camera):
+    from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    start_node(backend="test_pattern", cameras=[camera])
+
+    def set_parameter(name, value_kwargs):
+        value = ParameterValue(**value_kwargs)
+        request = SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)])
+        return ros_client.call(SetParameters, "/g2vlm/set_parameters", request).results[0]
+
+    assert set_parameter("cloud_stride", {"type": ParameterType.PARAMETER_INTEGER, "integer_value": 8}).successful
+    assert not set_parameter("cloud_stride", {"type": ParameterType.PARAMETER_INTEGER, "integer_value": 0}).successful
+    result = set_parameter("backend", {"type": ParameterType.PARAMETER_STRING, "string_value": "torch"})
+    assert not result.successful and "read-only" in result.reason.lower()
