@@ -10,10 +10,11 @@ below that is given a non-empty value overrides the parameter of the same name i
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 PACKAGE = "g2vlm_ros"
 
@@ -54,7 +55,8 @@ def _nodes(context):
 
 def generate_launch_description():
     arguments = [
-        DeclareLaunchArgument("params_file", default_value="", description="parameters YAML (empty: config/g2vlm.yaml)"),
+        DeclareLaunchArgument("params_file", default_value="",
+                              description="parameters YAML (empty: the package's config/g2vlm.yaml)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("use_rviz", default_value="false", description="also start RViz with config/g2vlm.rviz"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -32,14 +33,14 @@ os.environ["PYTHONUNBUFFERED"] = "1"
 class NodeProcess:
     """A perception_node in its own process, its output captured in a log file."""
 
-    def __init__(self, log_path: Path, parameters: dict[str, Any], extra_args: tuple[str, ...] = ()):
+    def __init__(self, log_path: Path, parameters: dict[str, Any], extra_env: Optional[dict[str, str]] = None):
         self.log_path = log_path
         args = [str(PACKAGE_LIB / "perception_node"), "--ros-args", "--params-file", str(PARAMS_FILE)]
         for name, value in parameters.items():
             args += ["-p", f"{name}:={format_parameter(value)}"]
-        args += list(extra_args)
         self._log_file = open(log_path, "w")
-        self.process = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+        env = {**os.environ, **(extra_env or {})}
+        self.process = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -62,10 +63,10 @@ class NodeProcess:
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as timeout:
                 self.process.kill()
                 self.process.wait()
-                raise AssertionError(f"node did not stop within {timeout_s} s after SIGINT:\n{self.log()}")
+                raise AssertionError(f"node did not stop within {timeout_s} s after SIGINT:\n{self.log()}") from timeout
         self._log_file.close()
         return self.process.returncode
 
@@ -83,8 +84,8 @@ def start_node(tmp_path):
     """start_node(**parameters) -> NodeProcess, ready to receive; stopped (and checked) after the test."""
     started: list[NodeProcess] = []
 
-    def start(wait_ready: bool = True, **parameters) -> NodeProcess:
-        node = NodeProcess(tmp_path / f"node{len(started)}.log", parameters)
+    def start(wait_ready: bool = True, extra_env: Optional[dict[str, str]] = None, **parameters) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"node{len(started)}.log", parameters, extra_env)
         started.append(node)
         if wait_ready:
             node.wait_for_log("ready:")

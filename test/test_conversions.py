@@ -9,8 +9,15 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from g2vlm_ros.ros.conversions import (
-    ImageConversionError, compressed_to_rgb, image_to_numpy_float, image_to_rgb, numpy_to_image,
-    pack_point_cloud, pack_rgb_float, unpack_point_cloud, unpack_rgb_float,
+    ImageConversionError,
+    compressed_to_rgb,
+    image_to_numpy_float,
+    image_to_rgb,
+    numpy_to_image,
+    pack_point_cloud,
+    pack_rgb_float,
+    unpack_point_cloud,
+    unpack_rgb_float,
 )
 
 

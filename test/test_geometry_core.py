@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from g2vlm_ros.geometry.pinhole import (
-    backproject_depth, intrinsics_from_fov, resize_nearest, scale_intrinsics, transform_points,
+    backproject_depth,
+    intrinsics_from_fov,
+    resize_nearest,
+    scale_intrinsics,
+    transform_points,
 )
 from g2vlm_ros.geometry.rotations import matrix_to_quaternion_xyzw
 from g2vlm_ros.runtime.backend import BackendUnavailableError, InvalidInputError

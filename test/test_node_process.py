@@ -8,13 +8,13 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
-from conftest import wait_until
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.ros.conversions import image_to_numpy_float, numpy_to_image, unpack_point_cloud, unpack_rgb_float
 
@@ -182,8 +182,9 @@ def test_bad_input_is_logged_and_the_node_keeps_working(start_node, ros_client, 
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics")
     publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
     for label, (make_bad, reason) in BAD_IMAGES.items():
-        wait_until(lambda: reason in node.log(), 10, f"no log line for {label}",
-                   action=lambda: publisher.publish(make_bad(stamped(ros_client, "opt"))), period_s=0.2)
+        wait_until(lambda reason=reason: reason in node.log(), 10, f"no log line for {label}",
+                   action=lambda make_bad=make_bad: publisher.publish(make_bad(stamped(ros_client, "opt"))),
+                   period_s=0.2)
         assert f"camera '{camera}': dropped frame: {reason}" in node.log()
     assert not depth, "nothing may be published from a rejected frame"
     publish_until(ros_client, publisher, lambda: rgb_image((5, 5, 5), stamped(ros_client, "opt")), depth)
@@ -259,7 +260,8 @@ def test_invalid_configuration_exits_with_a_clear_reason(start_node, parameters,
 
 
 def test_runtime_parameter_changes_are_validated(start_node, ros_client, camera):
-    from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
     start_node(backend="test_pattern", cameras=[camera])

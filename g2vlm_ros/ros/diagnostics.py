@@ -16,11 +16,11 @@ class StatusBuilder:
     message: str = "ok"
     values: dict[str, str] = field(default_factory=dict)
 
-    def add(self, key: str, value: object) -> "StatusBuilder":
+    def add(self, key: str, value: object) -> StatusBuilder:
         self.values[key] = f"{value:.3f}" if isinstance(value, float) else str(value)
         return self
 
-    def set(self, level: bytes, message: str) -> "StatusBuilder":
+    def set(self, level: bytes, message: str) -> StatusBuilder:
         """Raises the level (never lowers it) and keeps the message of the worst condition."""
         if level >= self.level:
             self.level, self.message = level, message

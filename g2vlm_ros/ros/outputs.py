@@ -79,18 +79,18 @@ class GeometryPublisher:
                 newest[frame.camera] = index
         scale = settings.metres_per_unit or 1.0
         transforms, cloud_parts = [], []
-        for camera, index in newest.items():
+        for index in newest.values():
             frame = frames[index]
             camera_to_world = result.camera_to_world[index].copy()
             camera_to_world[:3, 3] *= scale
             self._publish_camera(frame, result, index, scale, camera_to_world, settings)
-            transforms.append(transform_from_matrix(
-                camera_to_world, Header(stamp=frame.header.stamp, frame_id=settings.world_frame), frame.header.frame_id))
+            world_header = Header(stamp=frame.header.stamp, frame_id=settings.world_frame)
+            transforms.append(transform_from_matrix(camera_to_world, world_header, frame.header.frame_id))
             cloud_parts.append(self._cloud_part(frame, result, index, scale, settings))
         self.tf_output.send(transforms)
         newest_stamp = max((frames[i].header.stamp for i in newest.values()), key=stamp_key)
         points, colors, confidence = (
-            np.concatenate(part) if part[0] is not None else None for part in zip(*cloud_parts)
+            np.concatenate(part) if part[0] is not None else None for part in zip(*cloud_parts, strict=True)
         )
         self.points.publish(pack_point_cloud(
             points, colors, confidence, Header(stamp=newest_stamp, frame_id=settings.world_frame)))

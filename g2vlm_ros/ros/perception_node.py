@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -21,10 +22,14 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from diagnostic_msgs.msg import DiagnosticArray
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.reasoning.question import (
-    QuestionError, SpatialAnswerer, check_cameras, check_question, effective_timeout, no_answerer_error,
+    QuestionError,
+    SpatialAnswerer,
+    check_cameras,
+    check_question,
+    effective_timeout,
+    no_answerer_error,
 )
 from g2vlm_ros.ros.camera_input import CameraInput, Frame
 from g2vlm_ros.ros.conversions import ImageConversionError

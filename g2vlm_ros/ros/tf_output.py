@@ -7,7 +7,8 @@ as PoseStamped topics, and the node says once, at start-up, that TF is off and w
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from geometry_msgs.msg import Pose, TransformStamped

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class GeometryBackend(abc.ABC):
     def describe(self) -> str:
         return f"{self.name} ({self.precision})"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; backends without device memory keep it
         """Releases device memory; the backend is unusable afterwards."""
 
 

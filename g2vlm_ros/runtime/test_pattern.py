@@ -8,7 +8,7 @@ backend name "test_pattern", never by "auto", and the node logs a warning when i
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,0 +1,17 @@
+"""Code style, as ament_flake8 would check it on a ROS build farm (ruff, configured in ruff.toml)."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+
+def test_ruff_finds_nothing():
+    ruff = shutil.which("ruff", path=str(Path(sys.prefix) / "bin")) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    result = subprocess.run([ruff, "check", "g2vlm_ros", "test", "scripts", "launch"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,78 @@
+"""/tf output through a plain tf2_msgs publisher, checked from a separate listener process.
+
+tf2_msgs is not on PyPI, so the test builds a test-only package with the same TFMessage
+definition (test/fixtures/tf2_msgs) into a temporary prefix and gives it to the node and the
+listener only; this process keeps the pip-only environment.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import REPO, wait_until
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from test_node_process import rgb_image, stamped
+
+LISTENER = """
+import json, sys, rclpy
+from tf2_msgs.msg import TFMessage
+rclpy.init()
+node = rclpy.create_node('tf_listener')
+def on_tf(msg):
+    for t in msg.transforms:
+        if t.child_frame_id == sys.argv[1]:
+            print(json.dumps({'parent': t.header.frame_id, 'child': t.child_frame_id, 'sec': t.header.stamp.sec,
+                              'x': t.transform.translation.x, 'qw': t.transform.rotation.w}), flush=True)
+            raise SystemExit(0)
+node.create_subscription(TFMessage, '/tf', on_tf, 100)
+print('listening', flush=True)
+rclpy.spin(node)
+"""
+
+
+@pytest.fixture(scope="module")
+def tf2_msgs_env(tmp_path_factory):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is needed to build the tf2_msgs test fixture")
+    build, prefix = tmp_path_factory.mktemp("tf_build"), tmp_path_factory.mktemp("tf_prefix")
+    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, CMAKE_PREFIX_PATH=sys.prefix)
+    for command in (
+        ["cmake", "-S", str(REPO / "test" / "fixtures" / "tf2_msgs"), "-B", str(build),
+         f"-DCMAKE_INSTALL_PREFIX={prefix}", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}"],
+        ["cmake", "--build", str(build), "-j2"],
+        ["cmake", "--install", str(build)],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    site = next(Path(prefix, "lib").glob("python3*/site-packages"))
+    return {"PYTHONPATH": str(site), "LD_LIBRARY_PATH": f"{prefix}/lib:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def test_transforms_reach_tf_with_world_parent_camera_child_and_source_stamp(start_node, ros_client, tf2_msgs_env):
+    camera = f"tf{uuid.uuid4().hex[:6]}"
+    node = start_node(backend="test_pattern", cameras=[camera, f"{camera}b"], extra_env=tf2_msgs_env)
+    assert "TF output" not in node.log(), "the node should have found tf2_msgs"
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER, f"{camera}b_optical"],
+                                env={**os.environ, **tf2_msgs_env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "listening"
+        pubs = [ros_client.node.create_publisher(Image, f"/{name}/image_raw", qos_profile_sensor_data)
+                for name in (camera, f"{camera}b")]
+
+        def publish():
+            for publisher, name in zip(pubs, (camera, f"{camera}b"), strict=True):
+                publisher.publish(rgb_image((50, 50, 50), stamped(ros_client, f"{name}_optical"), width=64, height=48))
+
+        wait_until(lambda: listener.poll() is not None, 20, "no transform on /tf", action=publish, period_s=0.1)
+        transform = json.loads(listener.stdout.readline())
+    finally:
+        listener.kill()
+    assert transform["parent"] == "g2vlm_world" and transform["child"] == f"{camera}b_optical"
+    assert transform["sec"] > 0
+    assert transform["x"] == pytest.approx(0.1) and transform["qw"] == pytest.approx(1.0)  # second view of the pattern
