@@ -1,0 +1,200 @@
+"""G2VLM composed from its parts: the geometry path (`reconstruct`) and the language stack both
+experts share. The module tree mirrors the official checkpoint keys exactly, so a state dict in
+the official layout loads without renaming.
+
+Recon token layout (official `recon`): `<|im_start|>` + prompt tokens, causal, semantic expert,
+cached; then one non-causal block holding, per view, `<|vision_start|>`, the view's DINO patch
+tokens (geometry expert) and `<|vision_end|>`, attending to the cached prompt. The geometry path
+reads the semantic expert only for the prompt and the two marker tokens per view; it never runs
+the vision tower or the LM head.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from g2vlm_ros.geometry.intrinsics import solve_intrinsics
+from g2vlm_ros.model.config import (
+    CAMERA_DECODER_OUT,
+    HEAD_DECODER_DEPTH,
+    HEAD_DECODER_HEADS,
+    HEAD_ROPE_FREQUENCY,
+    PATCH_SIZE,
+    POINT_DECODER_OUT,
+    G2VLMConfig,
+)
+from g2vlm_ros.model.dino import DinoEncoder
+from g2vlm_ros.model.heads import CameraHead, PixelHead, TransformerDecoder
+from g2vlm_ros.model.mot import KVCache, MoTLanguageModel, TokenGroup
+from g2vlm_ros.model.preprocess import normalize_for_dino
+from g2vlm_ros.model.rope import RoPE2D, mrope_cos_sin, patch_grid_positions
+from g2vlm_ros.model.vision import QwenVisionTower
+
+RECON_PROMPT = "Reconstruct the 3D scene."
+SPECIAL_TOKENS = {"bos_token_id": "<|im_start|>", "eos_token_id": "<|im_end|>",
+                  "start_of_image": "<|vision_start|>", "end_of_image": "<|vision_end|>"}
+
+
+@dataclass(frozen=True)
+class ImageBlockLayout:
+    """Static token layout of the image block for N views of a gh x gw patch grid."""
+
+    positions_und: torch.Tensor  # [3, 2N]: <|vision_start|>, <|vision_end|> of each view
+    positions_geo: torch.Tensor  # [3, N*gh*gw]: patch tokens, view-major, row-major
+    next_position: int  # first free M-RoPE position after the block
+
+    @classmethod
+    def build(cls, first_position: int, views: int, grid_h: int, grid_w: int) -> ImageBlockLayout:
+        rows = torch.arange(grid_h).repeat_interleave(grid_w)
+        cols = torch.arange(grid_w).repeat(grid_h)
+        markers, patches = [], []
+        position = first_position
+        for _ in range(views):
+            start = position
+            base = start + 1
+            patches.append(torch.stack((torch.full_like(rows, base), base + rows, base + cols)))
+            # the official layout advances by the largest grid index, not by the token count
+            end = base + max(grid_h, grid_w)
+            markers.append(torch.tensor([[start, end]] * 3))
+            position = end + 1
+        return cls(torch.cat(markers, dim=1), torch.cat(patches, dim=1), position)
+
+
+def text_positions(first_position: int, count: int) -> torch.Tensor:
+    return torch.arange(first_position, first_position + count).expand(3, -1)
+
+
+class G2VLM(nn.Module):
+    def __init__(self, config: G2VLMConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        width = config.text.hidden_size
+        self.language_model = MoTLanguageModel(config.text)
+        self.vit_model = QwenVisionTower(config.vision)
+        self.dino_model = DinoEncoder(config.dino)
+        self.dino2llm = nn.Linear(config.dino.hidden_size, width)
+        rope = RoPE2D(HEAD_ROPE_FREQUENCY)
+
+        def decoder(out_dim: int, cross: bool = False) -> TransformerDecoder:
+            return TransformerDecoder(width, HEAD_DECODER_HEADS, HEAD_DECODER_DEPTH, out_dim, rope, cross)
+
+        self.point_decoder = decoder(POINT_DECODER_OUT)
+        self.point_head = PixelHead(POINT_DECODER_OUT, PATCH_SIZE, 3)
+        self.camera_decoder = decoder(CAMERA_DECODER_OUT)
+        self.camera_head = CameraHead(CAMERA_DECODER_OUT)
+        self.global_points_decoder = decoder(POINT_DECODER_OUT, cross=True)
+        self.global_point_head = PixelHead(POINT_DECODER_OUT, PATCH_SIZE, 3)
+        if config.has_confidence_head:
+            self.conf_decoder = decoder(POINT_DECODER_OUT)
+            self.conf_head = PixelHead(POINT_DECODER_OUT, PATCH_SIZE, 1)
+        nn.init.zeros_(self.dino2llm.weight)  # the official initial value of dino2llm
+        nn.init.zeros_(self.dino2llm.bias)
+        self.tokenizer = None  # set by the loader when the checkpoint folder has tokenizer files
+        self.special_token_ids: Optional[dict[str, int]] = None
+
+    # ------------------------------------------------------------------ tokens
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dino2llm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.dino2llm.weight.device
+
+    def resolve_token_ids(self, prefix_token_ids: Optional[Sequence[int]],
+                          special_token_ids: Optional[dict[str, int]]) -> tuple[list[int], dict[str, int]]:
+        """Explicit ids win; otherwise they come from the checkpoint's tokenizer."""
+        special = dict(special_token_ids or self.special_token_ids or {})
+        missing = [key for key in SPECIAL_TOKENS if key not in special]
+        if missing:
+            raise ValueError(f"special token ids {missing} are needed: pass special_token_ids or load a "
+                             "checkpoint folder with tokenizer files")
+        if prefix_token_ids is None:
+            if self.tokenizer is None:
+                raise ValueError("prefix_token_ids are needed: the model has no tokenizer")
+            prefix_token_ids = self.tokenizer.encode(RECON_PROMPT)
+        return list(prefix_token_ids), special
+
+    def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
+        ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
+        return self.language_model.model.embed_tokens(ids)
+
+    def text_group(self, token_ids: Sequence[int], first_position: int) -> TokenGroup:
+        positions = text_positions(first_position, len(token_ids)).to(self.device)
+        cos, sin = mrope_cos_sin(positions, self.config.text.head_dim, self.config.text.rope_theta)
+        return TokenGroup(self.embed(token_ids), cos, sin)
+
+    # ------------------------------------------------------------------ geometry path
+    def prefix_cache(self, prefix_token_ids: Sequence[int], special: dict[str, int]) -> KVCache:
+        """Keys/values of `<|im_start|>` + prompt (causal, semantic expert): constant per checkpoint."""
+        ids = [special["bos_token_id"], *prefix_token_ids]
+        _, _, cache = self.language_model.forward_step(self.text_group(ids, 0), None, KVCache(), causal=True)
+        return cache
+
+    def encode_geometry_tokens(self, images: torch.Tensor, cache: KVCache, special: dict[str, int]) -> torch.Tensor:
+        """images [N,3,H,W] in [0,1] -> last hidden states of the patch tokens [N, P, C]."""
+        views, _, height, width = images.shape
+        grid_h, grid_w = height // PATCH_SIZE, width // PATCH_SIZE
+        patches = self.dino2llm(self.dino_model(normalize_for_dino(images.to(self.dtype))))
+        layout = ImageBlockLayout.build(len(cache), views, grid_h, grid_w)
+        text = self.config.text
+        und_cos, und_sin = mrope_cos_sin(layout.positions_und.to(self.device), text.head_dim, text.rope_theta)
+        geo_cos, geo_sin = mrope_cos_sin(layout.positions_geo.to(self.device), text.head_dim, text.rope_theta)
+        markers = self.embed([special["start_of_image"], special["end_of_image"]] * views)
+        _, geo, _ = self.language_model.forward_step(
+            TokenGroup(markers, und_cos, und_sin),
+            TokenGroup(patches.reshape(views * grid_h * grid_w, -1), geo_cos, geo_sin),
+            cache, causal=False)
+        return geo.reshape(views, grid_h * grid_w, -1)
+
+    def decode_geometry(self, tokens: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Patch tokens [N, P, C] -> point maps, poses (and confidence logits when the head exists)."""
+        views = tokens.shape[0]
+        positions = patch_grid_positions(views, height // PATCH_SIZE, width // PATCH_SIZE, tokens.device)
+        raw = self.point_head(self.point_decoder(tokens, positions), height, width)
+        xy, log_z = raw.split((2, 1), dim=-1)
+        z = torch.exp(log_z)
+        local_points = torch.cat((xy * z, z), dim=-1)
+        camera_poses = self.camera_head(self.camera_decoder(tokens, positions))
+        first_view = tokens[:1].expand(views, -1, -1)
+        global_points = self.global_point_head(
+            self.global_points_decoder(tokens, positions, first_view, positions), height, width)
+        rotation, translation = camera_poses[:, :3, :3], camera_poses[:, None, None, :3, 3]
+        points = torch.einsum("nij,nhwj->nhwi", rotation, local_points) + translation
+        outputs = {"local_points": local_points, "points": points, "global_points": global_points,
+                   "camera_poses": camera_poses}
+        if self.config.has_confidence_head:
+            outputs["conf"] = self.conf_head(self.conf_decoder(tokens, positions), height, width)[..., 0]
+        return outputs
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, prefix_token_ids: Optional[Sequence[int]] = None,
+                    special_token_ids: Optional[dict[str, int]] = None) -> dict[str, torch.Tensor]:
+        """images [N,3,H,W] in [0,1] (see `preprocess`) -> dict of tensors:
+
+        local_points, points, global_points [N,H,W,3]; camera_poses [N,4,4] camera-to-world
+        (OpenCV/ROS optical axes); depth [N,H,W] (z of local_points); intrinsics [N,3,3] solved
+        from local_points; and, only for checkpoints with a confidence head, conf (logits) and
+        confidence (sigmoid) [N,H,W]. Units are the model's: up to scale, not metres.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [N,3,H,W], got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        if height % PATCH_SIZE or width % PATCH_SIZE:
+            raise ValueError(f"image size {width}x{height} is not a multiple of {PATCH_SIZE}: use preprocess()")
+        prefix, special = self.resolve_token_ids(prefix_token_ids, special_token_ids)
+        images = images.to(self.device)
+        cache = self.prefix_cache(prefix, special)
+        tokens = self.encode_geometry_tokens(images, cache, special)
+        outputs = self.decode_geometry(tokens, height, width)
+        outputs["depth"] = outputs["local_points"][..., 2]
+        weights = torch.sigmoid(outputs["conf"]) if "conf" in outputs else None
+        if weights is not None:
+            outputs["confidence"] = weights
+        outputs["intrinsics"] = solve_intrinsics(outputs["local_points"], weights).float()
+        return outputs

@@ -1,0 +1,195 @@
+"""The Mixture-of-Transformer-Experts language stack (Qwen2-VL layout, two experts per layer).
+
+Every layer holds two experts with identical shapes: the semantic ("und") expert under the plain
+Qwen2 names and the geometry expert under the same names with the suffix `_moe_geo`. Each token
+is processed by one expert (its norms, Q/K/V/O projections, q/k norms and MLP), and all tokens of
+a step share one attention. The layer scales `ls1`/`ls2` apply to geometry tokens only.
+
+A step's new tokens come as two contiguous groups, `und` then `geo`. Grouping instead of
+scattering by index is exact: within a step the groups either form a non-causal block (image
+tokens), where attention does not depend on token order, or only `und` tokens are present (text,
+causal). It also keeps shapes static for export.
+
+Parameter names follow the official checkpoint (`language_model.` prefix stripped).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from g2vlm_ros.model.config import LAYER_SCALE_INIT, TextConfig
+from g2vlm_ros.model.rope import apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # computed in fp32 and cast back before the weight, as Qwen2 does
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class ExpertMlp(nn.Module):
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((width,), LAYER_SCALE_INIT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+@dataclass
+class TokenGroup:
+    """New tokens of one expert in a step: hidden states [L, C] and rotary cos/sin [L, head_dim]."""
+
+    hidden: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def _split(group: Optional[TokenGroup], width: int, like: torch.Tensor) -> torch.Tensor:
+    return group.hidden if group is not None else like.new_zeros(0, width)
+
+
+class MoTAttention(nn.Module):
+    """Per-expert projections and q/k norms around one shared attention."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        width, head_dim = config.hidden_size, config.head_dim
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, head_dim
+        for suffix in ("", "_moe_geo"):
+            setattr(self, f"q_proj{suffix}", nn.Linear(width, self.heads * head_dim, bias=True))
+            setattr(self, f"k_proj{suffix}", nn.Linear(width, self.kv_heads * head_dim, bias=True))
+            setattr(self, f"v_proj{suffix}", nn.Linear(width, self.kv_heads * head_dim, bias=True))
+            setattr(self, f"o_proj{suffix}", nn.Linear(self.heads * head_dim, width, bias=False))
+            setattr(self, f"q_norm{suffix}", RMSNorm(head_dim, config.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", RMSNorm(head_dim, config.rms_norm_eps))
+
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, suffix: str):
+        """x [L, C] -> q [heads, L, D], k and v [kv_heads, L, D] with q/k norm and rotary applied."""
+        length = x.shape[0]
+        q = getattr(self, f"q_proj{suffix}")(x).view(length, self.heads, self.head_dim).transpose(0, 1)
+        k = getattr(self, f"k_proj{suffix}")(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1)
+        v = getattr(self, f"v_proj{suffix}")(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1)
+        q = getattr(self, f"q_norm{suffix}")(q)
+        k = getattr(self, f"k_norm{suffix}")(k)
+        q = apply_rope(q.float(), cos, sin).to(x.dtype)
+        k = apply_rope(k.float(), cos, sin).to(x.dtype)
+        return q, k, v
+
+    def forward(self, und: Optional[TokenGroup], geo: Optional[TokenGroup], past: Optional[tuple], causal: bool):
+        """Returns (und_out [Lu, C], geo_out [Lg, C], (keys, values) [kv_heads, Lpast + Lu + Lg, D])."""
+        parts = [self._project(g.hidden, g.cos, g.sin, suffix) for g, suffix in ((und, ""), (geo, "_moe_geo"))
+                 if g is not None]
+        q = torch.cat([p[0] for p in parts], dim=1)
+        k = torch.cat(([past[0]] if past is not None else []) + [p[1] for p in parts], dim=1)
+        v = torch.cat(([past[1]] if past is not None else []) + [p[2] for p in parts], dim=1)
+        repeats = self.heads // self.kv_heads
+        k_all, v_all = (t.repeat_interleave(repeats, dim=0) if repeats > 1 else t for t in (k, v))
+        mask = None
+        if causal:
+            new, total = q.shape[1], k.shape[1]
+            # bottom-right aligned: new token i sees every cached key and new tokens up to i
+            mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(diagonal=total - new)
+        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        out = out.transpose(0, 1).reshape(q.shape[1], self.heads * self.head_dim)
+        und_len = und.hidden.shape[0] if und is not None else 0
+        und_out = self.o_proj(out[:und_len]) if und is not None else None
+        geo_out = self.o_proj_moe_geo(out[und_len:]) if geo is not None else None
+        return und_out, geo_out, (k, v)
+
+
+class MoTDecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        width, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = MoTAttention(config)
+        self.mlp = ExpertMlp(config)
+        self.mlp_moe_geo = ExpertMlp(config)
+        self.input_layernorm = RMSNorm(width, eps)
+        self.input_layernorm_moe_geo = RMSNorm(width, eps)
+        self.post_attention_layernorm = RMSNorm(width, eps)
+        self.post_attention_layernorm_moe_geo = RMSNorm(width, eps)
+        self.ls1 = LayerScale(width)
+        self.ls2 = LayerScale(width)
+
+    def forward(self, und: Optional[TokenGroup], geo: Optional[TokenGroup], past: Optional[tuple], causal: bool):
+        """Returns the updated groups and this step's (keys, values) including `past`."""
+        normed_und = TokenGroup(self.input_layernorm(und.hidden), und.cos, und.sin) if und is not None else None
+        normed_geo = (TokenGroup(self.input_layernorm_moe_geo(geo.hidden), geo.cos, geo.sin)
+                      if geo is not None else None)
+        und_attn, geo_attn, kv = self.self_attn(normed_und, normed_geo, past, causal)
+        if und is not None:
+            hidden = und.hidden + und_attn
+            hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
+            und = TokenGroup(hidden, und.cos, und.sin)
+        if geo is not None:
+            hidden = geo.hidden + self.ls1(geo_attn)
+            hidden = hidden + self.ls2(self.mlp_moe_geo(self.post_attention_layernorm_moe_geo(hidden)))
+            geo = TokenGroup(hidden, geo.cos, geo.sin)
+        return und, geo, kv
+
+
+class MoTModel(nn.Module):
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MoTDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm_moe_geo = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class KVCache:
+    """Keys/values of every layer for the tokens seen so far ([kv_heads, L, D] each)."""
+
+    def __init__(self, layers: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None):
+        self.layers = layers or []
+
+    def __len__(self) -> int:
+        return 0 if not self.layers else int(self.layers[0][0].shape[1])
+
+    def get(self, index: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        return self.layers[index] if self.layers else None
+
+
+class MoTLanguageModel(nn.Module):
+    """The language stack with both experts; `forward_step` runs one prefill/decoding step."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.config = config
+        self.model = MoTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward_step(self, und: Optional[TokenGroup], geo: Optional[TokenGroup], cache: KVCache,
+                     causal: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], KVCache]:
+        """Runs all layers over new tokens that attend to `cache`; returns final-normed und/geo
+        hidden states and the cache extended by the new tokens (und group first, then geo)."""
+        new_layers = []
+        for index, layer in enumerate(self.model.layers):
+            und, geo, kv = layer(und, geo, cache.get(index), causal)
+            new_layers.append(kv)
+        und_out = self.model.norm(und.hidden) if und is not None else None
+        geo_out = self.model.norm_moe_geo(geo.hidden) if geo is not None else None
+        return und_out, geo_out, KVCache(new_layers)
