@@ -161,3 +161,15 @@ def ros_client():
     client = RosClient()
     yield client
     client.close()
+
+
+SHARED = REPO.parent / "shared"
+PARITY = SHARED / "parity" / "tiny_recon"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random tiny G2VLM (2 layers, 2 heads sharing 1 KV head) written in the official layout."""
+    from g2vlm_ros.model import tiny_config, write_random_checkpoint
+
+    return write_random_checkpoint(tiny_config(num_heads=2, num_kv_heads=1), tmp_path_factory.mktemp("tiny"), seed=7)

@@ -8,13 +8,13 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
+from conftest import wait_until
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.ros.conversions import image_to_numpy_float, numpy_to_image, unpack_point_cloud, unpack_rgb_float
 

@@ -13,9 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_until
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
+
+from conftest import REPO, wait_until
 from test_node_process import rgb_image, stamped
 
 LISTENER = """

@@ -136,21 +136,28 @@ class G2VLM(nn.Module):
         _, _, cache = self.language_model.forward_step(self.text_group(ids, 0), None, KVCache(), causal=True)
         return cache
 
-    def encode_geometry_tokens(self, images: torch.Tensor, cache: KVCache, special: dict[str, int]) -> torch.Tensor:
-        """images [N,3,H,W] in [0,1] -> last hidden states of the patch tokens [N, P, C]."""
+    def encode_geometry_tokens(self, images: torch.Tensor, cache: KVCache, special: dict[str, int],
+                               first_position: Optional[int] = None) -> tuple[torch.Tensor, KVCache, int]:
+        """Runs the image block after `cache`.
+
+        images [N,3,H,W] in [0,1]; `first_position` is the next free M-RoPE position (the cache
+        length when only text precedes). Returns the last hidden states of the patch tokens
+        [N, P, C], the cache extended by the block, and the next free position.
+        """
         views, _, height, width = images.shape
         grid_h, grid_w = height // PATCH_SIZE, width // PATCH_SIZE
         patches = self.dino2llm(self.dino_model(normalize_for_dino(images.to(self.dtype))))
-        layout = ImageBlockLayout.build(len(cache), views, grid_h, grid_w)
+        start = len(cache) if first_position is None else first_position
+        layout = ImageBlockLayout.build(start, views, grid_h, grid_w)
         text = self.config.text
         und_cos, und_sin = mrope_cos_sin(layout.positions_und.to(self.device), text.head_dim, text.rope_theta)
         geo_cos, geo_sin = mrope_cos_sin(layout.positions_geo.to(self.device), text.head_dim, text.rope_theta)
         markers = self.embed([special["start_of_image"], special["end_of_image"]] * views)
-        _, geo, _ = self.language_model.forward_step(
+        _, geo, cache = self.language_model.forward_step(
             TokenGroup(markers, und_cos, und_sin),
             TokenGroup(patches.reshape(views * grid_h * grid_w, -1), geo_cos, geo_sin),
             cache, causal=False)
-        return geo.reshape(views, grid_h * grid_w, -1)
+        return geo.reshape(views, grid_h * grid_w, -1), cache, layout.next_position
 
     def decode_geometry(self, tokens: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
         """Patch tokens [N, P, C] -> point maps, poses (and confidence logits when the head exists)."""
@@ -190,7 +197,7 @@ class G2VLM(nn.Module):
         prefix, special = self.resolve_token_ids(prefix_token_ids, special_token_ids)
         images = images.to(self.device)
         cache = self.prefix_cache(prefix, special)
-        tokens = self.encode_geometry_tokens(images, cache, special)
+        tokens, _, _ = self.encode_geometry_tokens(images, cache, special)
         outputs = self.decode_geometry(tokens, height, width)
         outputs["depth"] = outputs["local_points"][..., 2]
         weights = torch.sigmoid(outputs["conf"]) if "conf" in outputs else None
