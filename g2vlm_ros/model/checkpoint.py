@@ -195,11 +195,16 @@ def load_tokenizer(folder: Path):
 
 
 def randomize(model: G2VLM, seed: int, std: float = INIT_STD) -> G2VLM:
-    """Gives every parameter a random value (norm scales around 1), so that no path is degenerate."""
-    generator = torch.Generator().manual_seed(seed)
+    """Gives every parameter a random value (norm scales around 1), so that no path is degenerate.
+
+    Values are drawn on the parameters' device (a full-size model stays on the GPU).
+    """
+    generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator) * std
+            generator = generators.setdefault(parameter.device,
+                                              torch.Generator(device=parameter.device).manual_seed(seed))
+            noise = torch.randn(parameter.shape, generator=generator, device=parameter.device) * std
             is_scale = name.rsplit(".", 1)[-1] in ("weight", "gamma", "lambda1") and parameter.ndim == 1
             parameter.copy_(1.0 + noise if is_scale else noise)
     return model
