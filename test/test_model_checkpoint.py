@@ -187,3 +187,16 @@ def test_loading_needs_about_one_model_size_of_memory(tmp_path):
     ratio = float(subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder)], capture_output=True, text=True,
                                  check=True).stdout.strip().splitlines()[-1])
     assert 0.8 < ratio < 1.5, f"loading grew the peak RSS by {ratio:.2f}x the model size"
+
+
+def test_confidence_head_is_detected_and_reported_only_when_present(tmp_path):
+    config = tiny_config()
+    config.has_confidence_head = True
+    folder = write_random_checkpoint(config, tmp_path / "conf")
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
+        assert "conf_head.proj.weight" in set(handle.keys())
+    out = run(load_checkpoint(folder))
+    assert set(out) >= {"conf", "confidence"} and out["confidence"].shape == (2, 42, 56)
+    assert ((out["confidence"] >= 0) & (out["confidence"] <= 1)).all()
+    without = run(load_checkpoint(write_random_checkpoint(tiny_config(), tmp_path / "plain")))
+    assert "confidence" not in without and without.confidence is None

@@ -11,6 +11,8 @@ Parameter names follow the official checkpoint (`dino_model.` prefix stripped).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +44,7 @@ class Embeddings(nn.Module):
         """Position embeddings [1, 1 + grid_h*grid_w, C]: the square table resampled to the patch grid
         (bicubic with antialiasing, in fp32), unchanged when the grid already matches."""
         table = self.position_embeddings
-        side = int(round((table.shape[1] - 1) ** 0.5))
+        side = math.isqrt(int(table.shape[1]) - 1)
         if grid_h == side and grid_w == side:
             return table
         width = table.shape[-1]

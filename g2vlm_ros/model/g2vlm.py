@@ -10,8 +10,8 @@ the vision tower or the LM head.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
@@ -37,6 +37,41 @@ from g2vlm_ros.model.vision import QwenVisionTower
 RECON_PROMPT = "Reconstruct the 3D scene."
 SPECIAL_TOKENS = {"bos_token_id": "<|im_start|>", "eos_token_id": "<|im_end|>",
                   "start_of_image": "<|vision_start|>", "end_of_image": "<|vision_end|>"}
+
+
+@dataclass(frozen=True)
+class Reconstruction(Mapping):
+    """Geometry of N views at the model's input resolution (H, W); also a read-only mapping by name.
+
+    Frames: local_points in each camera's optical frame (x right, y down, z forward; OpenCV = ROS
+    optical); camera_poses camera-to-world; points = camera_poses applied to local_points;
+    global_points predicted directly in the world frame (the first view's camera). Units are the
+    model's: up to scale, not metres. conf/confidence exist only for checkpoints with a confidence
+    head (the released one has none) and are then absent from the mapping, not faked.
+    """
+
+    local_points: torch.Tensor  # [N,H,W,3]
+    points: torch.Tensor  # [N,H,W,3]
+    global_points: torch.Tensor  # [N,H,W,3]
+    camera_poses: torch.Tensor  # [N,4,4]
+    depth: torch.Tensor  # [N,H,W], z of local_points
+    intrinsics: torch.Tensor  # [N,3,3], solved from local_points (g2vlm_ros.geometry.intrinsics)
+    conf: Optional[torch.Tensor] = None  # [N,H,W] logits
+    confidence: Optional[torch.Tensor] = None  # [N,H,W] sigmoid(conf)
+
+    def _present(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._present():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._present())
+
+    def __len__(self) -> int:
+        return len(self._present())
 
 
 @dataclass(frozen=True)
@@ -181,13 +216,11 @@ class G2VLM(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, prefix_token_ids: Optional[Sequence[int]] = None,
-                    special_token_ids: Optional[dict[str, int]] = None) -> dict[str, torch.Tensor]:
-        """images [N,3,H,W] in [0,1] (see `preprocess`) -> dict of tensors:
+                    special_token_ids: Optional[dict[str, int]] = None) -> Reconstruction:
+        """images [N,3,H,W] in [0,1] (see `preprocess`) -> Reconstruction (a mapping of tensors).
 
-        local_points, points, global_points [N,H,W,3]; camera_poses [N,4,4] camera-to-world
-        (OpenCV/ROS optical axes); depth [N,H,W] (z of local_points); intrinsics [N,3,3] solved
-        from local_points; and, only for checkpoints with a confidence head, conf (logits) and
-        confidence (sigmoid) [N,H,W]. Units are the model's: up to scale, not metres.
+        Token ids default to the checkpoint's tokenizer; folders without one (test fixtures) pass
+        `prefix_token_ids` (the prompt "Reconstruct the 3D scene.") and `special_token_ids`.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [N,3,H,W], got {tuple(images.shape)}")
@@ -199,9 +232,10 @@ class G2VLM(nn.Module):
         cache = self.prefix_cache(prefix, special)
         tokens, _, _ = self.encode_geometry_tokens(images, cache, special)
         outputs = self.decode_geometry(tokens, height, width)
-        outputs["depth"] = outputs["local_points"][..., 2]
-        weights = torch.sigmoid(outputs["conf"]) if "conf" in outputs else None
-        if weights is not None:
-            outputs["confidence"] = weights
-        outputs["intrinsics"] = solve_intrinsics(outputs["local_points"], weights).float()
-        return outputs
+        confidence = torch.sigmoid(outputs["conf"]) if "conf" in outputs else None
+        return Reconstruction(
+            depth=outputs["local_points"][..., 2],
+            intrinsics=solve_intrinsics(outputs["local_points"], confidence).float(),
+            confidence=confidence,
+            **outputs,
+        )

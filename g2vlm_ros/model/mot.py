@@ -112,7 +112,9 @@ class MoTAttention(nn.Module):
             new, total = q.shape[1], k.shape[1]
             # bottom-right aligned: new token i sees every cached key and new tokens up to i
             mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(diagonal=total - new)
-        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        # a leading batch axis: without it PyTorch's fused (flash / memory-efficient) kernels refuse
+        # the call and it falls back to the fp32 math kernel, ~30x slower for long image blocks
+        out = F.scaled_dot_product_attention(q[None], k_all[None], v_all[None], attn_mask=mask)[0]
         out = out.transpose(0, 1).reshape(q.shape[1], self.heads * self.head_dim)
         und_len = und.hidden.shape[0] if und is not None else 0
         und_out = self.o_proj(out[:und_len]) if und is not None else None

@@ -72,7 +72,9 @@ class _Attention(nn.Module):
         # One SDPA call per frame is the block-diagonal mask of the official cu_seqlens without
         # materialising an N x N mask.
         for qs, ks, vs in zip(q.split(seqlens), k.split(seqlens), v.split(seqlens), strict=True):
-            o = F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1))
+            # batch axis added: 3-D inputs would force PyTorch's slow fp32 math kernel
+            o = F.scaled_dot_product_attention(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None],
+                                               vs.transpose(0, 1)[None])[0]
             out.append(o.transpose(0, 1))
         return self.proj(torch.cat(out).reshape(n, -1))
 
