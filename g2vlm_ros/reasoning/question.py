@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -58,6 +58,3 @@ def no_answerer_error() -> str:
     return ("spatial question answering is not available in this version of g2vlm_ros; "
             "the node publishes depth, point clouds and camera poses")
 
-
-def optional_float(value: Optional[float]) -> float:
-    return math.nan if value is None else float(value)

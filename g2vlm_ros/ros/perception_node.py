@@ -44,6 +44,7 @@ from g2vlm_ros.runtime.worker import LatestOnlyWorker
 
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0
+MAX_THROTTLE_KEYS = 256
 
 
 @dataclass
@@ -135,6 +136,8 @@ class PerceptionNode(Node):
         now = time.monotonic()
         key = (camera, reason)
         if now - self._last_log.get(key, -LOG_THROTTLE_S) >= LOG_THROTTLE_S:
+            if len(self._last_log) >= MAX_THROTTLE_KEYS:  # reasons carry sizes: bound the table
+                self._last_log.clear()
             self._last_log[key] = now
             self.get_logger().error(f"camera '{camera}': dropped frame: {reason}")
 

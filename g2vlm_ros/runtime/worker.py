@@ -34,7 +34,6 @@ class LatestOnlyWorker(Generic[Item]):
         self._condition = threading.Condition()
         self._pending: Optional[Item] = None
         self._stopping = False
-        self._busy = False
         self.submitted = 0
         self.dropped = 0
         self.processed = 0
@@ -50,11 +49,6 @@ class LatestOnlyWorker(Generic[Item]):
                 self.dropped += 1
             self._pending = item
             self._condition.notify()
-
-    @property
-    def busy(self) -> bool:
-        with self._condition:
-            return self._busy or self._pending is not None
 
     def latency_percentiles_ms(self) -> tuple[float, float]:
         """(p50, p95) of recent processing latencies in ms; NaN before the first item."""
@@ -80,7 +74,6 @@ class LatestOnlyWorker(Generic[Item]):
                 if self._stopping:
                     return
                 item, self._pending = self._pending, None
-                self._busy = True
             start = time.perf_counter()
             try:
                 self._process(item)
@@ -90,7 +83,6 @@ class LatestOnlyWorker(Generic[Item]):
                 self._on_error(item, error)
             elapsed = time.perf_counter() - start
             with self._condition:
-                self._busy = False
                 if succeeded:
                     self.processed += 1
                     self._latencies_s.append(elapsed)
