@@ -12,6 +12,7 @@ Parameter names follow the official checkpoint (`dino_model.` prefix stripped).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +54,17 @@ class Embeddings(nn.Module):
                                 antialias=True).to(table.dtype)
         return torch.cat((table[:, :1], resized.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, width)), dim=1)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [N,3,H,W] (normalised) -> tokens [N, 1 + R + P, C] as CLS, registers, patches."""
+    def forward(self, pixels: torch.Tensor, position_table: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """pixels [N,3,H,W] (normalised) -> tokens [N, 1 + R + P, C] as CLS, registers, patches.
+
+        `position_table` may hold `patch_position_embeddings` precomputed for this size (export).
+        """
         views, _, height, width = pixels.shape
         patches = self.patch_embeddings(pixels.to(self.patch_embeddings.projection.weight.dtype))
         tokens = torch.cat((self.cls_token.expand(views, -1, -1), patches), dim=1)
-        tokens = tokens + self.patch_position_embeddings(height // self.patch_size, width // self.patch_size)
+        if position_table is None:
+            position_table = self.patch_position_embeddings(height // self.patch_size, width // self.patch_size)
+        tokens = tokens + position_table
         registers = self.register_tokens.expand(views, -1, -1)
         return torch.cat((tokens[:, :1], registers, tokens[:, 1:]), dim=1)
 
@@ -151,8 +157,8 @@ class DinoEncoder(nn.Module):
         self.encoder = Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        tokens = self.embeddings(pixels)
+    def forward(self, pixels: torch.Tensor, position_table: Optional[torch.Tensor] = None) -> torch.Tensor:
+        tokens = self.embeddings(pixels, position_table)
         views, per_view, width = tokens.shape
         patches = (pixels.shape[2] // self.config.patch_size) * (pixels.shape[3] // self.config.patch_size)
         flat = tokens.reshape(views * per_view, width)

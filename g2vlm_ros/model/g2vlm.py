@@ -28,7 +28,7 @@ from g2vlm_ros.model.config import (
     G2VLMConfig,
 )
 from g2vlm_ros.model.dino import DinoEncoder
-from g2vlm_ros.model.heads import CameraHead, PixelHead, TransformerDecoder
+from g2vlm_ros.model.heads import CameraHead, PixelHead, TransformerDecoder, pose_matrix
 from g2vlm_ros.model.mot import KVCache, MoTLanguageModel, TokenGroup
 from g2vlm_ros.model.preprocess import normalize_for_dino
 from g2vlm_ros.model.rope import RoPE2D, mrope_cos_sin, patch_grid_positions
@@ -58,6 +58,26 @@ class Reconstruction(Mapping):
     intrinsics: torch.Tensor  # [N,3,3], solved from local_points (g2vlm_ros.geometry.intrinsics)
     conf: Optional[torch.Tensor] = None  # [N,H,W] logits
     confidence: Optional[torch.Tensor] = None  # [N,H,W] sigmoid(conf)
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, torch.Tensor]) -> Reconstruction:
+        """Completes the heads' raw outputs (see `G2VLM.decode_geometry_raw`): the pose's rotation
+        (SVD), world points, depth, intrinsics and confidence. Runs on the tensors' device."""
+        camera_poses = pose_matrix(raw["rotation_raw"], raw["translation"])
+        local_points = raw["local_points"].float()
+        rotation, translation = camera_poses[:, :3, :3], camera_poses[:, None, None, :3, 3]
+        conf = raw["conf"].float() if raw.get("conf") is not None else None
+        confidence = torch.sigmoid(conf) if conf is not None else None
+        return cls(
+            local_points=local_points,
+            points=torch.einsum("nij,nhwj->nhwi", rotation, local_points) + translation,
+            global_points=raw["global_points"].float(),
+            camera_poses=camera_poses,
+            depth=local_points[..., 2],
+            intrinsics=solve_intrinsics(local_points, confidence).float(),
+            conf=conf,
+            confidence=confidence,
+        )
 
     def _present(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
@@ -194,22 +214,24 @@ class G2VLM(nn.Module):
             cache, causal=False)
         return geo.reshape(views, grid_h * grid_w, -1), cache, layout.next_position
 
-    def decode_geometry(self, tokens: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
-        """Patch tokens [N, P, C] -> point maps, poses (and confidence logits when the head exists)."""
+    def decode_geometry_raw(self, tokens: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Patch tokens [N, P, C] -> the heads' outputs before the pose's SVD step (exportable):
+        local_points, global_points [N,H,W,3], rotation_raw [N,3,3], translation [N,3], and
+        conf [N,H,W] (logits) when the checkpoint has a confidence head."""
         views = tokens.shape[0]
         positions = patch_grid_positions(views, height // PATCH_SIZE, width // PATCH_SIZE, tokens.device)
         raw = self.point_head(self.point_decoder(tokens, positions), height, width)
         xy, log_z = raw.split((2, 1), dim=-1)
         z = torch.exp(log_z)
-        local_points = torch.cat((xy * z, z), dim=-1)
-        camera_poses = self.camera_head(self.camera_decoder(tokens, positions))
+        rotation_raw, translation = self.camera_head(self.camera_decoder(tokens, positions))
         first_view = tokens[:1].expand(views, -1, -1)
-        global_points = self.global_point_head(
-            self.global_points_decoder(tokens, positions, first_view, positions), height, width)
-        rotation, translation = camera_poses[:, :3, :3], camera_poses[:, None, None, :3, 3]
-        points = torch.einsum("nij,nhwj->nhwi", rotation, local_points) + translation
-        outputs = {"local_points": local_points, "points": points, "global_points": global_points,
-                   "camera_poses": camera_poses}
+        outputs = {
+            "local_points": torch.cat((xy * z, z), dim=-1),
+            "global_points": self.global_point_head(
+                self.global_points_decoder(tokens, positions, first_view, positions), height, width),
+            "rotation_raw": rotation_raw,
+            "translation": translation,
+        }
         if self.config.has_confidence_head:
             outputs["conf"] = self.conf_head(self.conf_decoder(tokens, positions), height, width)[..., 0]
         return outputs
@@ -231,11 +253,4 @@ class G2VLM(nn.Module):
         images = images.to(self.device)
         cache = self.prefix_cache(prefix, special)
         tokens, _, _ = self.encode_geometry_tokens(images, cache, special)
-        outputs = self.decode_geometry(tokens, height, width)
-        confidence = torch.sigmoid(outputs["conf"]) if "conf" in outputs else None
-        return Reconstruction(
-            depth=outputs["local_points"][..., 2],
-            intrinsics=solve_intrinsics(outputs["local_points"], confidence).float(),
-            confidence=confidence,
-            **outputs,
-        )
+        return Reconstruction.from_raw(self.decode_geometry_raw(tokens, height, width))

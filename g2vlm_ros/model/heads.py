@@ -164,8 +164,21 @@ def orthonormalize(matrices: torch.Tensor) -> torch.Tensor:
     return v @ u.transpose(-1, -2)
 
 
+def pose_matrix(rotation_raw: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """Raw head outputs ([B,3,3] unconstrained, [B,3]) -> camera-to-world 4x4 [B,4,4] (fp32)."""
+    pose = torch.zeros(rotation_raw.shape[0], 4, 4, dtype=torch.float32, device=rotation_raw.device)
+    pose[:, :3, :3] = orthonormalize(rotation_raw.float())
+    pose[:, :3, 3] = translation.float()
+    pose[:, 3, 3] = 1.0
+    return pose
+
+
 class CameraHead(nn.Module):
-    """Camera tokens [B, P, C] -> camera-to-world 4x4 [B, 4, 4] (rotation from 9 numbers, translation 3)."""
+    """Camera tokens [B, P, C] -> 9 rotation numbers [B,3,3] and a translation [B,3].
+
+    The rotation numbers become a rotation in `pose_matrix` (an SVD), kept outside this module so
+    that the network itself exports to graph formats without an SVD operator.
+    """
 
     def __init__(self, width: int):
         super().__init__()
@@ -181,10 +194,4 @@ class CameraHead(nn.Module):
             tokens = block(tokens)
         pooled = tokens.mean(dim=1)
         pooled = F.relu(linear_fp32(self.more_mlps[2], F.relu(linear_fp32(self.more_mlps[0], pooled))))
-        rotation = orthonormalize(linear_fp32(self.fc_rot, pooled).view(-1, 3, 3))
-        translation = linear_fp32(self.fc_t, pooled)
-        pose = torch.zeros(pooled.shape[0], 4, 4, dtype=torch.float32, device=pooled.device)
-        pose[:, :3, :3] = rotation
-        pose[:, :3, 3] = translation
-        pose[:, 3, 3] = 1.0
-        return pose
+        return linear_fp32(self.fc_rot, pooled).view(-1, 3, 3), linear_fp32(self.fc_t, pooled)
