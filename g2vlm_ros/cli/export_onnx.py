@@ -4,8 +4,10 @@
   export_onnx --checkpoint ../shared/parity/tiny_recon --token-ids ../shared/parity/tiny_recon/fixture.json
 
 Writes `<output-dir>/g2vlm_geometry_<hash>_<bucket>_<precision>.onnx` and a `.json` manifest
-beside it (default output dir: the package's engines/). Checkpoints without tokenizer files need
---token-ids: a JSON file with "prompt_token_ids" and "special_token_ids".
+beside it (default output dir: the package's engines/); <hash> is the checkpoint folder's
+fingerprint (runtime.export.checkpoint_fingerprint), which backends match against. Checkpoints
+without tokenizer files need --token-ids: a JSON file with "prompt_token_ids" and
+"special_token_ids" (the same content as a `token_ids.json` in the folder).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from g2vlm_ros.model import CheckpointError, load_checkpoint
-    from g2vlm_ros.runtime.export import Bucket, export_geometry_onnx
+    from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
 
     try:
         ids = json.loads(args.token_ids.read_text()) if args.token_ids else {}
@@ -40,7 +42,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         result = export_geometry_onnx(model, Bucket(args.views, args.height, args.width), args.output_dir,
                                       precision=args.precision, opset=args.opset, external_data=args.external_data,
                                       prefix_token_ids=ids.get("prompt_token_ids"),
-                                      special_token_ids=ids.get("special_token_ids"))
+                                      special_token_ids=ids.get("special_token_ids"),
+                                      model_hash=checkpoint_fingerprint(args.checkpoint))
     except (CheckpointError, ValueError, OSError) as error:
         print(f"export_onnx: {error}", file=sys.stderr)
         return 1

@@ -49,8 +49,9 @@ def scale_intrinsics(intrinsics: np.ndarray, from_size: tuple[int, int], to_size
     return scaled
 
 
-def resize_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Nearest-neighbour resize of [H,W,...] to [height,width,...].
+def resize_nearest(image, width: int, height: int):
+    """Nearest-neighbour resize of [H,W,...] to [height,width,...]; numpy array or torch tensor
+    (a tensor stays on its device).
 
     Nearest (not bilinear) because depth must never be interpolated across object edges:
     blending a foreground and a background depth invents a surface that does not exist.
@@ -58,4 +59,9 @@ def resize_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
     src_h, src_w = image.shape[:2]
     rows = np.minimum(((np.arange(height) + 0.5) * src_h / height).astype(np.int64), src_h - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * src_w / width).astype(np.int64), src_w - 1)
-    return image[rows[:, None], cols[None, :]]
+    if isinstance(image, np.ndarray):
+        return image[rows[:, None], cols[None, :]]
+    import torch  # only tensor callers pay for the import
+
+    rows_t, cols_t = (torch.from_numpy(i).to(image.device) for i in (rows, cols))
+    return image.index_select(0, rows_t).index_select(1, cols_t)

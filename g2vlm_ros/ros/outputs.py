@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -78,19 +79,20 @@ class GeometryPublisher:
             if previous is None or stamp_key(frame.header.stamp) >= stamp_key(frames[previous].header.stamp):
                 newest[frame.camera] = index
         scale = settings.metres_per_unit or 1.0
+        poses = result.camera_to_world.detach().double().cpu().numpy()
         transforms, cloud_parts = [], []
         for index in newest.values():
             frame = frames[index]
-            camera_to_world = result.camera_to_world[index].copy()
+            camera_to_world = poses[index].copy()
             camera_to_world[:3, 3] *= scale
             self._publish_camera(frame, result, index, scale, camera_to_world, settings)
             world_header = Header(stamp=frame.header.stamp, frame_id=settings.world_frame)
             transforms.append(transform_from_matrix(camera_to_world, world_header, frame.header.frame_id))
-            cloud_parts.append(self._cloud_part(frame, result, index, scale, settings))
+            cloud_parts.append(self._cloud_part(result, index, scale, settings))
         self.tf_output.send(transforms)
         newest_stamp = max((frames[i].header.stamp for i in newest.values()), key=stamp_key)
         points, colors, confidence = (
-            np.concatenate(part) if part[0] is not None else None for part in zip(*cloud_parts, strict=True)
+            torch.cat(part).cpu().numpy() if part[0] is not None else None for part in zip(*cloud_parts, strict=True)
         )
         self.points.publish(pack_point_cloud(
             points, colors, confidence, Header(stamp=newest_stamp, frame_id=settings.world_frame)))
@@ -99,17 +101,19 @@ class GeometryPublisher:
                         camera_to_world: np.ndarray, settings: OutputSettings) -> None:
         publishers = self.cameras[frame.camera]
         height, width = frame.rgb.shape[:2]
-        depth = result.depth[index].astype(np.float32) * np.float32(scale)
-        depth[~(np.isfinite(depth) & (depth > 0))] = np.nan  # REP 118: invalid depth is NaN
-        publishers.depth.publish(numpy_to_image(resize_nearest(depth, width, height), "32FC1", frame.header))
+        # resampled on the result's device (the GPU for GPU backends); only the final image moves
+        depth = result.depth[index].float() * scale
+        depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.nan)  # REP 118: invalid is NaN
+        depth = resize_nearest(depth, width, height).cpu().numpy()
+        publishers.depth.publish(numpy_to_image(depth, "32FC1", frame.header))
         if result.confidence is not None:
-            confidence = resize_nearest(result.confidence[index].astype(np.float32), width, height)
+            confidence = resize_nearest(result.confidence[index].float(), width, height).cpu().numpy()
             publishers.confidence.publish(numpy_to_image(confidence, "32FC1", frame.header))
         if frame.camera_info is not None:
             info = copy.deepcopy(frame.camera_info)
             info.header = frame.header
         else:
-            k = scale_intrinsics(result.intrinsics[index], result.size, (width, height))
+            k = scale_intrinsics(result.intrinsics[index].double().cpu().numpy(), result.size, (width, height))
             info = estimated_camera_info(frame.header, k, width, height)
         publishers.camera_info.publish(info)
         publishers.pose.publish(PoseStamped(
@@ -117,15 +121,15 @@ class GeometryPublisher:
             pose=pose_from_matrix(camera_to_world)))
 
     @staticmethod
-    def _cloud_part(frame: Frame, result: GeometryResult, index: int, scale: float, settings: OutputSettings):
+    def _cloud_part(result: GeometryResult, index: int, scale: float, settings: OutputSettings):
+        """One view's cloud points, colours and confidence, selected on the result's device."""
         stride = settings.cloud_stride
-        width, height = result.size
-        points = result.world_points[index, ::stride, ::stride].reshape(-1, 3) * np.float32(scale)
-        colors = resize_nearest(frame.rgb, width, height)[::stride, ::stride].reshape(-1, 3)
-        keep = np.all(np.isfinite(points), axis=1)
+        points = result.world_points[index, ::stride, ::stride].reshape(-1, 3).float() * scale
+        colors = result.colors[index, ::stride, ::stride].reshape(-1, 3)
+        keep = torch.isfinite(points).all(dim=1)
         confidence = None
         if result.confidence is not None:
-            confidence = result.confidence[index, ::stride, ::stride].reshape(-1)
+            confidence = result.confidence[index, ::stride, ::stride].reshape(-1).float()
             keep &= confidence >= settings.confidence_threshold
             confidence = confidence[keep]
         return points[keep], colors[keep], confidence

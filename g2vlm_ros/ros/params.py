@@ -15,7 +15,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from g2vlm_ros.runtime.registry import BACKEND_CHOICES
+from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PRECISIONS
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 OUTPUT_QOS_CHOICES = ("reliable", "best_effort")
@@ -78,6 +78,13 @@ PARAMETERS = (
     ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout."),
     ParamSpec("engine_dir", "", "Folder of compiled engines and ONNX graphs (empty: the package's engines/)."),
     ParamSpec("device", "cuda", "Compute device for torch/onnxruntime backends (cuda, cuda:N or cpu)."),
+    ParamSpec("precision", "auto", "Model precision for the torch backend: auto (bf16 on GPUs that support it, "
+              "fp32 on the CPU), fp32, fp16 or bf16. Exported graphs and engines carry their own.",
+              choices=PRECISIONS),
+    ParamSpec("cuda_graphs", False, "torch backend on CUDA: capture each input size once as a CUDA graph "
+              "and replay it (much lower latency; a few seconds of capture per new size)."),
+    ParamSpec("allow_engine_rebuild", False, "tensorrt backend: rebuild an engine that does not match this "
+              "TensorRT version, GPU or checkpoint from its ONNX graph instead of refusing it."),
     ParamSpec("scale_source", "none", "Metric scale: none (outputs are relative, depth goes to "
               "<camera>/depth_relative) or fixed (fixed_scale metres per model unit, depth in metres on "
               "<camera>/depth).", choices=SCALE_SOURCES),

@@ -116,14 +116,17 @@ class PerceptionNode(Node):
 
     # ---------------------------------------------------------------- model
     def _load_backend(self) -> Optional[GeometryBackend]:
-        request = BackendRequest(self.config.backend, self.config.checkpoint_path, self.config.engine_dir,
-                                 self.config.device)
+        config = self.config
+        request = BackendRequest(config.backend, config.checkpoint_path, config.engine_dir, config.device,
+                                 config.precision, config.cuda_graphs, config.allow_engine_rebuild)
+        self.get_logger().info(f"loading backend '{config.backend}' ...")
         try:
             backend = create_backend(request)
         except BackendUnavailableError as error:
             self.backend_error = str(error)
             self.get_logger().error(f"no model loaded, no geometry will be published: {error}")
             return None
+        self.get_logger().info(f"backend ready: {backend.describe()}")
         if backend.is_placeholder:
             self.get_logger().warning(
                 f"backend '{backend.name}' is a geometry-free TEST PLACEHOLDER, not G2VLM: its depth, poses "
@@ -228,7 +231,7 @@ class PerceptionNode(Node):
         if self.backend is None:
             model.set(ERROR, f"no model loaded: {self.backend_error}")
         else:
-            model.add("backend", self.backend.name).add("precision", self.backend.precision)
+            model.add("backend", self.backend.describe()).add("precision", self.backend.precision)
             if self.backend.is_placeholder:
                 model.set(WARN, "test placeholder backend: outputs are not geometry")
         worker = self.worker

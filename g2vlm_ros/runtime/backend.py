@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
 
 
 class BackendUnavailableError(RuntimeError):
@@ -21,18 +22,32 @@ class InvalidInputError(ValueError):
 class GeometryResult:
     """Geometry for one window of N views, at the backend's working resolution (H, W).
 
+    Tensors stay on the backend's device (a GPU backend's post-processing runs there too).
     Frames: `local_points` are in each camera's optical frame (x right, y down, z forward);
     `world_points` and `camera_to_world` are in the model's world frame. Units are the model's:
     G2VLM is up to scale, so lengths are relative unless `metric` is True.
     """
 
-    depth: np.ndarray  # [N,H,W] float32, z of local_points; NaN where invalid
-    local_points: np.ndarray  # [N,H,W,3] float32
-    world_points: np.ndarray  # [N,H,W,3] float32
-    camera_to_world: np.ndarray  # [N,4,4] float64
-    intrinsics: np.ndarray  # [N,3,3] float64, for the (H, W) working resolution
-    confidence: Optional[np.ndarray] = None  # [N,H,W] float32 in [0,1]; None: the model has none
+    depth: torch.Tensor  # [N,H,W] float32, z of local_points; NaN where invalid
+    local_points: torch.Tensor  # [N,H,W,3] float32
+    world_points: torch.Tensor  # [N,H,W,3] float32
+    camera_to_world: torch.Tensor  # [N,4,4] float32
+    intrinsics: torch.Tensor  # [N,3,3], for the (H, W) working resolution
+    colors: torch.Tensor  # [N,H,W,3] uint8: the input images at the working resolution
+    confidence: Optional[torch.Tensor] = None  # [N,H,W] float32 in [0,1]; None: the model has none
     metric: bool = False
+
+    @classmethod
+    def from_reconstruction(cls, reconstruction, colors: torch.Tensor) -> GeometryResult:
+        """From a `g2vlm_ros.model` Reconstruction (mapping of tensors) and the resized inputs."""
+        return cls(depth=reconstruction["depth"], local_points=reconstruction["local_points"],
+                   world_points=reconstruction["points"], camera_to_world=reconstruction["camera_poses"],
+                   intrinsics=reconstruction["intrinsics"], colors=colors,
+                   confidence=reconstruction.get("confidence"))
+
+    @property
+    def device(self) -> torch.device:
+        return self.depth.device
 
     @property
     def num_views(self) -> int:
@@ -51,11 +66,12 @@ class GeometryResult:
             "world_points": (n, h, w, 3),
             "camera_to_world": (n, 4, 4),
             "intrinsics": (n, 3, 3),
+            "colors": (n, h, w, 3),
         }
         if self.confidence is not None:
             expected["confidence"] = (n, h, w)
         for name, shape in expected.items():
-            actual = getattr(self, name).shape
+            actual = tuple(getattr(self, name).shape)
             if actual != shape:
                 raise ValueError(f"GeometryResult.{name} has shape {actual}, expected {shape}")
 

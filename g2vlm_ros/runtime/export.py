@@ -111,6 +111,25 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+CHECKPOINT_FILES = ("text_config.json", "vit_config.json", "dino_config.json")
+
+
+def checkpoint_fingerprint(folder: Path | str) -> str:
+    """sha256 (hex) over a checkpoint folder's config files and weight files, read in 16 MiB
+    chunks: identifies the checkpoint an ONNX graph or engine was made from without loading it."""
+    folder = Path(folder)
+    files = [folder / name for name in CHECKPOINT_FILES] + sorted(folder.glob("*.safetensors"))
+    digest = hashlib.sha256()
+    for path in files:
+        if not path.is_file():
+            continue
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while chunk := handle.read(16 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass
 class ExportResult:
     onnx_path: Path

@@ -1,18 +1,32 @@
 """Backend selection by name, with an explicit `auto` policy.
 
-`auto` picks the first real backend that can run here, in the order tensorrt (an engine for the
-model exists and TensorRT imports), onnxruntime (an exported ONNX graph exists), torch (a
-checkpoint folder exists). It never picks the `test_pattern` placeholder: a user who asks for a
-model gets a model or a clear error saying why none could be loaded.
+`auto` picks the first real backend that can run here, in the order
+  1. tensorrt    - TensorRT (or TensorRT-RTX) imports, a GPU is present, and the engine folder holds
+                   an engine built for this checkpoint, bucket, TensorRT version and GPU;
+  2. onnxruntime - the engine folder holds an exported ONNX graph for this checkpoint;
+  3. torch       - the checkpoint folder loads (on `device`, falling back to the CPU without CUDA).
+It never picks the `test_pattern` placeholder: a user who asks for a model gets a model or a clear
+error listing why each backend was not usable.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
 
+import g2vlm_ros
 from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend
 
 MODEL_BACKENDS = ("tensorrt", "onnxruntime", "torch")
 BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + ("test_pattern",)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def default_engine_dir() -> Path:
+    """The source tree's engines/ (editable installs), else a per-user cache folder."""
+    source_tree = Path(g2vlm_ros.__file__).resolve().parents[1] / "engines"
+    return source_tree if source_tree.is_dir() else Path.home() / ".cache" / "g2vlm_ros" / "engines"
 
 
 @dataclass(frozen=True)
@@ -24,15 +38,40 @@ class BackendRequest:
     engine_dir: str = ""
     device: str = "cuda"
     precision: str = "auto"
+    cuda_graphs: bool = False
+    allow_engine_rebuild: bool = False
+
+    @property
+    def engines(self) -> Path:
+        return Path(self.engine_dir) if self.engine_dir else default_engine_dir()
+
+    @cached_property
+    def model_hash(self) -> Optional[str]:
+        """Fingerprint of the configured checkpoint folder (None without one): engines must match it."""
+        from g2vlm_ros.runtime.export import checkpoint_fingerprint
+
+        folder = Path(self.checkpoint_path) if self.checkpoint_path else None
+        return checkpoint_fingerprint(folder) if folder is not None and folder.is_dir() else None
 
 
 def _create_model_backend(name: str, request: BackendRequest) -> GeometryBackend:
-    # The G2VLM network and its compiled engines are not part of this build yet; say so plainly
-    # instead of pretending, so that a deployment without them fails loudly at start-up.
-    raise BackendUnavailableError(
-        f"backend '{name}': the G2VLM model runtime is not available in this version of g2vlm_ros "
-        f"(checkpoint_path='{request.checkpoint_path}', engine_dir='{request.engine_dir}')"
-    )
+    if name == "torch":
+        from g2vlm_ros.runtime.torch_backend import TorchBackend
+
+        device = request.device
+        if device.startswith("cuda") and request.backend == "auto":
+            import torch
+
+            device = device if torch.cuda.is_available() else "cpu"
+        return TorchBackend(request.checkpoint_path, device, request.precision, cuda_graphs=request.cuda_graphs)
+    if name == "onnxruntime":
+        from g2vlm_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(str(request.engines), request.model_hash, request.device)
+    from g2vlm_ros.runtime.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(str(request.engines), request.model_hash, request.device,
+                           allow_rebuild=request.allow_engine_rebuild)
 
 
 def create_backend(request: BackendRequest) -> GeometryBackend:
@@ -41,6 +80,8 @@ def create_backend(request: BackendRequest) -> GeometryBackend:
         raise BackendUnavailableError(
             f"unknown backend '{request.backend}'; choose one of {', '.join(BACKEND_CHOICES)}"
         )
+    if request.precision not in PRECISIONS:
+        raise BackendUnavailableError(f"unknown precision '{request.precision}'; choose one of {', '.join(PRECISIONS)}")
     if request.backend == "test_pattern":
         from g2vlm_ros.runtime.test_pattern import TestPatternBackend
 

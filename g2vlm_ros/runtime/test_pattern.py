@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from g2vlm_ros.geometry.pinhole import backproject_depth, intrinsics_from_fov, resize_nearest, transform_points
 from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult, check_rgb_images
@@ -43,20 +44,23 @@ class TestPatternBackend(GeometryBackend):
         confidence = np.empty_like(depth)
         local = np.empty((views, height, width, 3), np.float32)
         world = np.empty_like(local)
-        poses = np.tile(np.eye(4), (views, 1, 1))
+        colors = np.empty((views, height, width, 3), np.uint8)
+        poses = np.tile(np.eye(4, dtype=np.float32), (views, 1, 1))
         for index, image in enumerate(images):
-            luminance = resize_nearest(image, width, height).astype(np.float32) @ LUMA_WEIGHTS / 255.0
+            colors[index] = resize_nearest(image, width, height)
+            luminance = colors[index].astype(np.float32) @ LUMA_WEIGHTS / 255.0
             depth[index] = 1.0 + luminance
             confidence[index] = luminance
             poses[index, 0, 3] = CAMERA_SPACING * index
             local[index] = backproject_depth(depth[index], intrinsics)
             world[index] = transform_points(poses[index], local[index])
         return GeometryResult(
-            depth=depth,
-            local_points=local,
-            world_points=world,
-            camera_to_world=poses,
-            intrinsics=np.repeat(intrinsics[None], views, axis=0),
-            confidence=confidence,
+            depth=torch.from_numpy(depth),
+            local_points=torch.from_numpy(local),
+            world_points=torch.from_numpy(world),
+            camera_to_world=torch.from_numpy(poses),
+            intrinsics=torch.from_numpy(np.repeat(intrinsics[None], views, axis=0)),
+            colors=torch.from_numpy(colors),
+            confidence=torch.from_numpy(confidence),
             metric=False,
         )

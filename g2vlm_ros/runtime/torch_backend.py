@@ -1,0 +1,133 @@
+"""The PyTorch backend: the G2VLM module itself, eager, optionally compiled or replayed as CUDA graphs.
+
+Eager mode runs `G2VLM.reconstruct`. With `cuda_graphs=True` (CUDA only) each bucket's network
+(`GeometryGraph`: the same computation with its constants precomputed) is captured once and
+replayed, which removes the per-kernel launch cost that bounds eager latency; `compile=True`
+wraps it in torch.compile first. The pose's SVD and all post-processing run eagerly on the GPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from g2vlm_ros.model import CheckpointError, load_checkpoint
+from g2vlm_ros.model.g2vlm import Reconstruction
+from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend, GeometryResult, check_rgb_images
+from g2vlm_ros.runtime.export import Bucket, GeometryGraph
+from g2vlm_ros.runtime.preprocess import prepare_images
+
+LOG = logging.getLogger("g2vlm_ros.runtime")
+TOKEN_IDS_FILE = "token_ids.json"  # for checkpoint folders without tokenizer files
+
+
+def resolve_device(device: str) -> torch.device:
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"device '{device}' requested but CUDA is not available here")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 on GPUs that support it (as the official inference), fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def folder_token_ids(folder: Path) -> tuple[Optional[list[int]], Optional[dict[str, int]]]:
+    path = folder / TOKEN_IDS_FILE
+    if not path.is_file():
+        return None, None
+    ids = json.loads(path.read_text())
+    return ids.get("prompt_token_ids"), ids.get("special_token_ids")
+
+
+class CapturedGraph:
+    """One bucket's GeometryGraph captured as a CUDA graph with static input/output buffers."""
+
+    def __init__(self, network: torch.nn.Module, bucket: Bucket, device: torch.device, warmup: int = 3):
+        self.static_input = torch.zeros(bucket.views, 3, bucket.height, bucket.width, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(warmup):  # lets lazy initialisation and autotuning happen outside the capture
+                network(self.static_input)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.static_outputs = network(self.static_input)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.static_input.copy_(images)
+        self.graph.replay()
+        return self.static_outputs
+
+
+class TorchBackend(GeometryBackend):
+    name = "torch"
+
+    def __init__(self, checkpoint_path: str, device: str = "cuda", precision: str = "auto",
+                 cuda_graphs: bool = False, compile: bool = False):
+        folder = Path(checkpoint_path) if checkpoint_path else None
+        if folder is None or not folder.is_dir():
+            raise BackendUnavailableError(f"backend 'torch': checkpoint folder '{checkpoint_path}' does not exist")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        try:
+            self.model = load_checkpoint(folder, device=self.device, dtype=self.precision)
+        except (CheckpointError, ValueError) as error:
+            raise BackendUnavailableError(f"backend 'torch': {error}") from error
+        self.prefix_token_ids, self.special_token_ids = folder_token_ids(folder)
+        try:
+            self.model.resolve_token_ids(self.prefix_token_ids, self.special_token_ids)
+        except ValueError as error:
+            raise BackendUnavailableError(f"backend 'torch': {error} (or add {TOKEN_IDS_FILE})") from error
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.compile = compile
+        self._networks: dict[Bucket, object] = {}  # per bucket: a network or its captured CUDA graph
+        mode = "cuda graphs" if self.cuda_graphs else ("compiled" if compile else "eager")
+        self.name = f"torch ({mode})" if mode != "eager" else "torch"
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device} ({self.precision})"
+
+    def _network(self, bucket: Bucket):
+        network = GeometryGraph(self.model, bucket, self.prefix_token_ids, self.special_token_ids).eval()
+        if self.compile:
+            network = torch.compile(network)
+        return network
+
+    def raw_outputs(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's raw outputs for a preprocessed batch (the model-only part of `run`)."""
+        bucket = Bucket(batch.shape[0], batch.shape[2], batch.shape[3])
+        if bucket not in self._networks:
+            network = self._network(bucket)
+            if self.cuda_graphs:
+                LOG.info("capturing a CUDA graph for bucket %s", bucket.stem)
+                network = CapturedGraph(network, bucket, self.device)
+            self._networks[bucket] = network
+        with torch.no_grad():
+            outputs = self._networks[bucket](batch)
+        names = ("local_points", "global_points", "rotation_raw", "translation", "conf")
+        return dict(zip(names, outputs, strict=False))
+
+    def run(self, images: Sequence[np.ndarray]) -> GeometryResult:
+        check_rgb_images(images)
+        batch, colors = prepare_images(images, self.device)
+        with torch.no_grad():
+            reconstruction = Reconstruction.from_raw(self.raw_outputs(batch))
+        return GeometryResult.from_reconstruction(reconstruction, colors)
+
+    def close(self) -> None:
+        self._networks.clear()
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
