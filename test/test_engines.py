@@ -197,10 +197,29 @@ def test_progress_printer_always_shows_top_level_phases_and_throttles_the_rest()
         assert printer.step_complete("Timing tactics", step)
     now[0] = 1.5
     printer.step_complete("Timing tactics", 50)  # due again: one step line
-    printer.phase_finish("Timing tactics")  # its start was not shown, so neither is its end
+    printer.phase_start("Cloning", "Timing tactics", 2)
+    printer.phase_finish("Cloning")  # short and not shown: stays quiet
+    printer.phase_finish("Timing tactics")  # start not shown, but it took long enough to mention
     now[0] = 2.0
     printer.phase_finish("Building engine")
-    assert lines == ["Building engine (3 steps)", "  Timing tactics: step 51/100", "Building engine: done in 2.0 s"]
+    assert lines == ["Building engine (3 steps)", "  Timing tactics: step 51/100", "  Timing tactics: done in 1.5 s",
+                     "Building engine: done in 2.0 s"]
+
+
+def test_progress_heartbeat_names_a_long_silent_phase_then_repeats_sparingly():
+    lines, now = [], [0.0]
+    printer = ProgressPrinter(lines.append, min_interval_s=1.0, clock=lambda: now[0], prefix="", heartbeat_s=30.0)
+    printer.phase_start("Building engine", None, 1)
+    printer.phase_start("Determining refit engines", "Building engine", 1)
+    printer.tick()  # the terminal spoke just now: nothing yet
+    now[0] = 1.0
+    printer.tick()
+    now[0] = 20.0
+    printer.tick()  # shown already, heartbeat not due
+    now[0] = 31.0
+    printer.tick()
+    assert lines == ["Building engine (1 step)", "  Determining refit engines (1 step)",
+                     "  Determining refit engines: still running after 31 s"]
 
 
 # ------------------------------------------------------------------------------------- TensorRT-RTX builds

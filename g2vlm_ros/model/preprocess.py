@@ -45,7 +45,15 @@ def preprocess(images: Sequence[np.ndarray], target_width: int = DINO_INPUT_WIDT
     return F.interpolate(batch, snapped, mode="bilinear", align_corners=False, antialias=True)
 
 
-def normalize_for_dino(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(RESNET_MEAN, dtype=images.dtype, device=images.device)[:, None, None]
-    std = torch.tensor(RESNET_STD, dtype=images.dtype, device=images.device)[:, None, None]
+def resnet_statistics(device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """ResNet mean and std as [3,1,1] tensors."""
+    return (torch.tensor(RESNET_MEAN, dtype=dtype, device=device)[:, None, None],
+            torch.tensor(RESNET_STD, dtype=dtype, device=device)[:, None, None])
+
+
+def normalize_for_dino(images: torch.Tensor,
+                       statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(images - mean) / std; pass precomputed `statistics` where no host-to-device copy may happen
+    (CUDA graph capture)."""
+    mean, std = statistics or resnet_statistics(images.device, images.dtype)
     return (images - mean) / std

@@ -256,22 +256,34 @@ def _atomic_write(path: Path, data: Union[bytes, str]) -> None:
 # ------------------------------------------------------------------------------------------------ progress
 
 
+@dataclass
+class _Phase:
+    depth: int
+    started: float
+    steps: int
+    shown: bool
+    last_heartbeat: float
+
+
 class ProgressPrinter:
     """Turns TensorRT's phase/step callbacks into a few terminal lines (TensorRT-independent, so testable).
 
     Top-level phases always print their start and finish. Nested phases and steps print only when
     `min_interval_s` has passed since the last line, so a long build shows where it is about once per
-    interval instead of flooding the terminal with thousands of tactic-timing steps.
+    interval instead of flooding the terminal with thousands of tactic-timing steps. Some phases are a
+    single step that runs for minutes; `tick()` (called by a heartbeat thread during the build) then
+    names the phase the build is in, and repeats that every `heartbeat_s`, so it never looks hung.
     """
 
     def __init__(self, log: LogFn = print, min_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 prefix: str = "[engine build] "):
+                 prefix: str = "[engine build] ", heartbeat_s: float = 30.0):
         self._log = log
         self._interval = min_interval_s
+        self._heartbeat = heartbeat_s
         self._clock = clock
         self._prefix = prefix
         self._lock = threading.Lock()  # TensorRT may call from several builder threads
-        self._phases: dict[str, tuple[int, float, int, bool]] = {}  # name -> (depth, started, steps, printed)
+        self._phases: dict[str, _Phase] = {}  # active phases, outermost first
         self._last_line = float("-inf")
 
     def _emit(self, depth: int, text: str, now: float) -> None:
@@ -281,29 +293,68 @@ class ProgressPrinter:
     def _due(self, now: float) -> bool:
         return now - self._last_line >= self._interval
 
+    def _show_start(self, name: str, phase: _Phase, now: float) -> None:
+        phase.shown, phase.last_heartbeat = True, now
+        self._emit(phase.depth, f"{name} ({phase.steps} step{'s' if phase.steps != 1 else ''})", now)
+
     def phase_start(self, name: str, parent: Optional[str], num_steps: int) -> None:
         with self._lock:
             now = self._clock()
-            depth = self._phases[parent][0] + 1 if parent in self._phases else 0
-            printed = depth == 0 or self._due(now)
-            self._phases[name] = (depth, now, num_steps, printed)
-            if printed:
-                self._emit(depth, f"{name} ({num_steps} step{'s' if num_steps != 1 else ''})", now)
+            depth = self._phases[parent].depth + 1 if parent in self._phases else 0
+            phase = self._phases[name] = _Phase(depth, now, num_steps, False, now)
+            if depth == 0 or self._due(now):
+                self._show_start(name, phase, now)
 
     def step_complete(self, name: str, step: int) -> bool:
         with self._lock:
             now = self._clock()
-            depth, _, steps, _ = self._phases.get(name, (0, now, 0, False))
-            if self._due(now):
-                self._emit(depth, f"{name}: step {step + 1}/{steps}", now)
+            phase = self._phases.get(name)
+            if phase is not None and self._due(now):
+                self._emit(phase.depth, f"{name}: step {step + 1}/{phase.steps}", now)
         return True  # never cancel the build
 
     def phase_finish(self, name: str) -> None:
         with self._lock:
             now = self._clock()
-            depth, started, _, printed = self._phases.pop(name, (0, now, 0, False))
-            if printed:
-                self._emit(depth, f"{name}: done in {now - started:.1f} s", now)
+            phase = self._phases.pop(name, None)
+            if phase is not None and (phase.shown or now - phase.started >= self._interval):
+                self._emit(phase.depth, f"{name}: done in {now - phase.started:.1f} s", now)
+
+    def tick(self) -> None:
+        """Name the innermost running phase if the terminal has been quiet for a while."""
+        with self._lock:
+            now = self._clock()
+            if not self._phases or not self._due(now):
+                return
+            name, phase = next(reversed(self._phases.items()))
+            if not phase.shown:
+                self._show_start(name, phase, now)
+            elif now - phase.last_heartbeat >= self._heartbeat:
+                phase.last_heartbeat = now
+                self._emit(phase.depth, f"{name}: still running after {now - phase.started:.0f} s", now)
+
+
+class _Heartbeat:
+    """A daemon thread calling `printer.tick()` while a build runs (TensorRT is silent within a step)."""
+
+    def __init__(self, printer: Optional[ProgressPrinter], period_s: float = 1.0):
+        self._printer, self._period = printer, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-build-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            _quietly(self._printer.tick)
+
+    def __enter__(self) -> _Heartbeat:
+        if self._printer is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def _make_progress_monitor(trt: ModuleType, printer: ProgressPrinter) -> Optional[Any]:
@@ -457,11 +508,13 @@ def _build_serialized(trt: ModuleType, flavour: str, onnx_path: Path, manifest: 
     _add_static_profile(builder, network, config, manifest)
     if cache_path is not None:
         _load_timing_cache(config, cache_path, log)
-    monitor = _make_progress_monitor(trt, ProgressPrinter(log)) if progress else None
+    printer = ProgressPrinter(log) if progress else None
+    monitor = _make_progress_monitor(trt, printer) if printer is not None else None
     if monitor is not None:
         config.progress_monitor = monitor
     started = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    with _Heartbeat(printer if monitor is not None else None):
+        serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - started
     if serialized is None:
         reason = logger.errors[-1] if logger.errors else "no reason given"

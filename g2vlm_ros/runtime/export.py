@@ -29,7 +29,7 @@ import g2vlm_ros
 from g2vlm_ros.model.config import DINO_INPUT_WIDTH, PATCH_SIZE
 from g2vlm_ros.model.g2vlm import G2VLM, ImageBlockLayout
 from g2vlm_ros.model.mot import KVCache, TokenGroup
-from g2vlm_ros.model.preprocess import RESNET_MEAN, RESNET_STD, normalize_for_dino
+from g2vlm_ros.model.preprocess import RESNET_MEAN, RESNET_STD, normalize_for_dino, resnet_statistics
 from g2vlm_ros.model.rope import mrope_cos_sin
 
 INPUT_NAME = "images"
@@ -80,6 +80,9 @@ class GeometryGraph(nn.Module):
                 self.register_buffer(f"{name}_sin", sin, persistent=False)
             self.register_buffer("dino_positions", model.dino_model.embeddings.patch_position_embeddings(
                 grid_h, grid_w), persistent=False)
+            mean, std = resnet_statistics(model.device)
+            self.register_buffer("pixel_mean", mean, persistent=False)
+            self.register_buffer("pixel_std", std, persistent=False)
             for index, (keys, values) in enumerate(cache.layers):
                 self.register_buffer(f"prefix_keys_{index}", keys, persistent=False)
                 self.register_buffer(f"prefix_values_{index}", values, persistent=False)
@@ -91,7 +94,7 @@ class GeometryGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model, bucket = self.model, self.bucket
-        pixels = normalize_for_dino(images).to(model.dtype)
+        pixels = normalize_for_dino(images, (self.pixel_mean, self.pixel_std)).to(model.dtype)
         patches = model.dino2llm(model.dino_model(pixels, self.dino_positions))
         _, geo, _ = model.language_model.forward_step(
             TokenGroup(self.markers, self.und_cos, self.und_sin),

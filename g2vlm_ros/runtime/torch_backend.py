@@ -68,7 +68,8 @@ class CapturedGraph:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self.static_input.copy_(images)
         self.graph.replay()
-        return self.static_outputs
+        # copies: the next replay overwrites the static buffers, and results outlive a call
+        return tuple(output.clone() for output in self.static_outputs)
 
 
 class TorchBackend(GeometryBackend):
@@ -95,6 +96,18 @@ class TorchBackend(GeometryBackend):
         self._networks: dict[Bucket, object] = {}  # per bucket: a network or its captured CUDA graph
         mode = "cuda graphs" if self.cuda_graphs else ("compiled" if compile else "eager")
         self.name = f"torch ({mode})" if mode != "eager" else "torch"
+
+    @classmethod
+    def from_model(cls, model, prefix_token_ids, special_token_ids, precision: str, cuda_graphs: bool = False,
+                   compile: bool = False) -> TorchBackend:
+        """A backend around an already loaded model (benchmarks and tools)."""
+        backend = cls.__new__(cls)
+        backend.model, backend.device, backend.precision = model, model.device, precision
+        backend.prefix_token_ids, backend.special_token_ids = prefix_token_ids, special_token_ids
+        backend.cuda_graphs, backend.compile = cuda_graphs and model.device.type == "cuda", compile
+        backend._networks = {}
+        backend.name = "torch (cuda graphs)" if backend.cuda_graphs else ("torch (compiled)" if compile else "torch")
+        return backend
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({self.precision})"
