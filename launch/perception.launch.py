@@ -23,6 +23,8 @@ PARAMETER_OVERRIDES = {
     "backend": "auto | tensorrt | onnxruntime | torch (test_pattern: geometry-free I/O test only)",
     "checkpoint_path": "G2VLM checkpoint folder in the official layout",
     "engine_dir": "folder of compiled engines and ONNX graphs",
+    "device": "cuda | cuda:N | cpu",
+    "precision": "torch backend: auto | fp32 | fp16 | bf16",
     "scale_source": "none (relative depth) | fixed (fixed_scale metres per unit)",
     "world_frame": "frame of /g2vlm/points and the camera poses",
 }
