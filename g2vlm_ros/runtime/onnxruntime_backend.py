@@ -9,17 +9,14 @@ SVD and post-processing run with torch on the CPU.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
-from g2vlm_ros.model.g2vlm import Reconstruction
-from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend, GeometryResult, check_rgb_images
+from g2vlm_ros.runtime.backend import BackendUnavailableError
 from g2vlm_ros.runtime.export import Bucket, read_manifest
-from g2vlm_ros.runtime.preprocess import prepare_images
+from g2vlm_ros.runtime.network_backend import NetworkBackend
 
 LOG = logging.getLogger("g2vlm_ros.runtime")
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -42,7 +39,7 @@ def find_exports(engine_dir: Path, model_hash: Optional[str]) -> dict[Bucket, di
     return found
 
 
-class OnnxRuntimeBackend(GeometryBackend):
+class OnnxRuntimeBackend(NetworkBackend):
     name = "onnxruntime"
 
     def __init__(self, engine_dir: str, model_hash: Optional[str] = None, device: str = "cuda"):
@@ -82,13 +79,6 @@ class OnnxRuntimeBackend(GeometryBackend):
         names = [output.name for output in session.get_outputs()]
         values = session.run(names, {"images": batch.cpu().numpy()})
         return {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}
-
-    def run(self, images: Sequence[np.ndarray]) -> GeometryResult:
-        check_rgb_images(images)
-        batch, colors = prepare_images(images, torch.device("cpu"))
-        with torch.no_grad():
-            reconstruction = Reconstruction.from_raw(self.raw_outputs(batch))
-        return GeometryResult.from_reconstruction(reconstruction, colors)
 
     def close(self) -> None:
         self._sessions.clear()

@@ -12,16 +12,13 @@ stay on the GPU.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from g2vlm_ros.model.g2vlm import Reconstruction
-from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend, GeometryResult, check_rgb_images
+from g2vlm_ros.runtime.backend import BackendUnavailableError
 from g2vlm_ros.runtime.engines import (
     ENGINE_SUFFIX,
     EngineError,
@@ -35,8 +32,8 @@ from g2vlm_ros.runtime.engines import (
     read_json,
 )
 from g2vlm_ros.runtime.export import Bucket
+from g2vlm_ros.runtime.network_backend import NetworkBackend
 from g2vlm_ros.runtime.onnxruntime_backend import find_exports
-from g2vlm_ros.runtime.preprocess import prepare_images
 
 LOG = logging.getLogger("g2vlm_ros.runtime")
 
@@ -72,7 +69,7 @@ class LoadedEngine:
     outputs: dict[str, torch.Tensor]
 
 
-class TensorRTBackend(GeometryBackend):
+class TensorRTBackend(NetworkBackend):
     name = "tensorrt"
 
     def __init__(self, engine_dir: str, model_hash: Optional[str] = None, device: str = "cuda",
@@ -83,7 +80,7 @@ class TensorRTBackend(GeometryBackend):
             raise BackendUnavailableError(f"backend 'tensorrt': {error}") from error
         if not torch.cuda.is_available() or not device.startswith("cuda"):
             raise BackendUnavailableError("backend 'tensorrt': needs a CUDA GPU")
-        self.device = torch.device(device)
+        self.device = self.input_device = torch.device(device)
         self.engine_dir = Path(engine_dir)
         self.allow_rebuild = allow_rebuild
         self.compute_capability = current_compute_capability()
@@ -139,13 +136,6 @@ class TensorRTBackend(GeometryBackend):
         if not loaded.context.execute_async_v3(stream.cuda_stream):
             raise EngineError("TensorRT execute_async_v3 failed")
         return dict(loaded.outputs)
-
-    def run(self, images: Sequence[np.ndarray]) -> GeometryResult:
-        check_rgb_images(images)
-        batch, colors = prepare_images(images, self.device)
-        with torch.no_grad():
-            reconstruction = Reconstruction.from_raw(self.raw_outputs(batch))
-        return GeometryResult.from_reconstruction(reconstruction, colors)
 
     def close(self) -> None:
         self._engines.clear()

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from g2vlm_ros.model import CheckpointError, load_checkpoint
-from g2vlm_ros.model.g2vlm import Reconstruction
-from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend, GeometryResult, check_rgb_images
+from g2vlm_ros.runtime.backend import BackendUnavailableError
 from g2vlm_ros.runtime.export import Bucket, GeometryGraph
-from g2vlm_ros.runtime.preprocess import prepare_images
+from g2vlm_ros.runtime.network_backend import NetworkBackend
 
 LOG = logging.getLogger("g2vlm_ros.runtime")
 TOKEN_IDS_FILE = "token_ids.json"  # for checkpoint folders without tokenizer files
@@ -72,7 +69,7 @@ class CapturedGraph:
         return tuple(output.clone() for output in self.static_outputs)
 
 
-class TorchBackend(GeometryBackend):
+class TorchBackend(NetworkBackend):
     name = "torch"
 
     def __init__(self, checkpoint_path: str, device: str = "cuda", precision: str = "auto",
@@ -80,7 +77,7 @@ class TorchBackend(GeometryBackend):
         folder = Path(checkpoint_path) if checkpoint_path else None
         if folder is None or not folder.is_dir():
             raise BackendUnavailableError(f"backend 'torch': checkpoint folder '{checkpoint_path}' does not exist")
-        self.device = resolve_device(device)
+        self.device = self.input_device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         try:
             self.model = load_checkpoint(folder, device=self.device, dtype=self.precision)
@@ -103,6 +100,7 @@ class TorchBackend(GeometryBackend):
         """A backend around an already loaded model (benchmarks and tools)."""
         backend = cls.__new__(cls)
         backend.model, backend.device, backend.precision = model, model.device, precision
+        backend.input_device = model.device
         backend.prefix_token_ids, backend.special_token_ids = prefix_token_ids, special_token_ids
         backend.cuda_graphs, backend.compile = cuda_graphs and model.device.type == "cuda", compile
         backend._networks = {}
@@ -131,13 +129,6 @@ class TorchBackend(GeometryBackend):
             outputs = self._networks[bucket](batch)
         names = ("local_points", "global_points", "rotation_raw", "translation", "conf")
         return dict(zip(names, outputs, strict=False))
-
-    def run(self, images: Sequence[np.ndarray]) -> GeometryResult:
-        check_rgb_images(images)
-        batch, colors = prepare_images(images, self.device)
-        with torch.no_grad():
-            reconstruction = Reconstruction.from_raw(self.raw_outputs(batch))
-        return GeometryResult.from_reconstruction(reconstruction, colors)
 
     def close(self) -> None:
         self._networks.clear()
