@@ -139,3 +139,22 @@ def test_node_runs_the_real_model_across_processes(start_node, ros_client, check
     cols = np.minimum(((np.arange(64) + 0.5) * 518 / 64).astype(int), 517)
     np.testing.assert_allclose(values, expected[rows][:, cols], rtol=1e-5)
     assert "TEST PLACEHOLDER" not in node.log()
+
+
+def test_engines_for_another_gpu_are_listed_with_their_differences(checkpoint, tmp_path):
+    """What the tensorrt backend tells a user whose engine folder holds engines for another GPU."""
+    pytest.importorskip("tensorrt_rtx")
+    from g2vlm_ros.runtime.engines import build_engine, expected_key, import_tensorrt
+    from g2vlm_ros.runtime.tensorrt_backend import other_engines
+
+    engines = tmp_path / "engines"
+    export = export_geometry_onnx(load_checkpoint(checkpoint), Bucket(1, 28, 28), engines,
+                                  prefix_token_ids=IDS["prompt_token_ids"], special_token_ids=IDS["special_token_ids"],
+                                  model_hash=checkpoint_fingerprint(checkpoint))
+    build = build_engine(export.onnx_path, export.manifest, engines, compute_capability="sm89", progress=False,
+                         log=lambda line: None)
+    _, flavour, version = import_tensorrt()
+    needed = expected_key(export.manifest, flavour, version, "sm90")  # e.g. an H100 on the robot
+    listed = other_engines(engines, needed)
+    assert listed == [f"{build.engine_path.name} (compute_capability: built for 'sm89', needed 'sm90')"]
+    assert other_engines(engines, expected_key(export.manifest, flavour, version, "sm89")) == []  # it matches

@@ -55,9 +55,11 @@ def other_engines(engine_dir: Path, key: EngineKey) -> list[str]:
             stored = EngineKey.from_dict(read_json(engine_manifest_path(path)).get("key"))
         except EngineError:
             continue
-        if (stored.model_hash, stored.views, stored.height, stored.width) == \
-                (key.model_hash, key.views, key.height, key.width):
-            found.append(f"{path.name} ({'; '.join(stored.differences(key, ('built for', 'needed')))})")
+        differences = stored.differences(key, ("built for", "needed"))
+        same_model_and_bucket = (stored.model_hash, stored.views, stored.height, stored.width) == \
+            (key.model_hash, key.views, key.height, key.width)
+        if same_model_and_bucket and differences:
+            found.append(f"{path.name} ({'; '.join(differences)})")
     return found
 
 
