@@ -1,0 +1,115 @@
+"""What the node costs besides the model, per 640x480 view: a benchmark, not a test.
+
+  bench_node_overhead --cameras 1 4 --windows 50
+
+Per window it runs the node's own code on real messages: Image -> RGB conversion and checks
+(CameraInput.accept), preprocessing to the model input (prepare_images), then, with the model's
+output replaced by a precomputed result of the right shape, everything the node does after
+inference (GeometryPublisher.publish: depth resampled to the camera, camera_info, pose, TF list,
+cloud selection and packing, rclpy publish). Prints ms per view (median over windows) and the
+ratio to a plain memcpy of the bytes those messages carry, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+WIDTH, HEIGHT = 640, 480
+
+
+def canned_result(views: int):
+    """A GeometryResult of the size G2VLM returns for 640x480 inputs (518x392), finite values."""
+    import torch
+
+    from g2vlm_ros.geometry.pinhole import backproject_depth, intrinsics_from_fov
+    from g2vlm_ros.runtime.backend import GeometryResult
+
+    k = intrinsics_from_fov(518, 392, np.deg2rad(60))
+    depth = np.random.default_rng(0).uniform(1, 3, (views, 392, 518)).astype(np.float32)
+    local = np.stack([backproject_depth(d, k) for d in depth])
+    poses = np.tile(np.eye(4, dtype=np.float32), (views, 1, 1))
+    return GeometryResult(depth=torch.from_numpy(depth), local_points=torch.from_numpy(local),
+                          world_points=torch.from_numpy(local.copy()), camera_to_world=torch.from_numpy(poses),
+                          intrinsics=torch.from_numpy(np.repeat(k[None], views, 0)),
+                          colors=torch.zeros(views, 392, 518, 3, dtype=torch.uint8))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--windows", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--cloud-stride", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+    import rclpy
+    from rclpy.qos import QoSProfile
+    from std_msgs.msg import Header
+
+    from g2vlm_ros.ros.camera_input import CameraInput
+    from g2vlm_ros.ros.conversions import numpy_to_image
+    from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings
+    from g2vlm_ros.ros.params import CameraConfig
+    from g2vlm_ros.ros.tf_output import TfOutput
+    from g2vlm_ros.runtime.preprocess import prepare_images
+
+    rclpy.init()
+    node = rclpy.create_node("g2vlm_overhead_bench")
+    rng = np.random.default_rng(1)
+    settings = OutputSettings(world_frame="g2vlm_world", metres_per_unit=None, cloud_stride=args.cloud_stride,
+                              confidence_threshold=0.0)
+    rows = []
+    for cameras in args.cameras:
+        names = [f"cam{i}" for i in range(cameras)]
+        inputs = [CameraInput(CameraConfig(n, f"/{n}/image_raw", "", "raw", ""), 1) for n in names]
+        publisher = GeometryPublisher(node, names, False, QoSProfile(depth=5), TfOutput(node, False))
+        messages = [numpy_to_image(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8), "rgb8",
+                                   Header(frame_id=f"{n}_optical")) for n in names]
+        result = canned_result(cameras)
+        published_bytes = []
+        original = publisher.points.publish
+
+        def counting_publish(msg, original=original, published_bytes=published_bytes):
+            published_bytes.append(len(msg.data))
+            original(msg)
+
+        publisher.points.publish = counting_publish
+        samples = []
+        for window in range(args.warmup + args.windows):
+            start = time.perf_counter()
+            frames = [state.accept(msg) for state, msg in zip(inputs, messages, strict=True)]
+            prepare_images([frame.rgb for frame in frames], __import__("torch").device("cpu"))
+            publisher.publish(frames, result, settings)
+            if window >= args.warmup:
+                samples.append((time.perf_counter() - start) * 1e3)
+        per_view = statistics.median(samples) / cameras
+        # bytes through the pipeline per view: the input image, the published depth and camera_info
+        # images, and the view's share of the cloud
+        moved = WIDTH * HEIGHT * 3 + WIDTH * HEIGHT * 4 + published_bytes[-1] // cameras
+        source, target = np.ones(moved, np.uint8), np.empty(moved, np.uint8)
+        copies = []
+        for _ in range(50):
+            begin = time.perf_counter()
+            np.copyto(target, source)
+            copies.append((time.perf_counter() - begin) * 1e3)
+        memcpy = statistics.median(copies)
+        rows.append((cameras, per_view, moved, memcpy))
+        print(f"  {cameras} camera(s): {per_view:.2f} ms per view", flush=True)
+
+    print(f"\n{'cameras':>7} {'ms/view':>8} {'MB/view':>8} {'memcpy ms':>10} {'x memcpy':>9}")
+    for cameras, per_view, moved, memcpy in rows:
+        print(f"{cameras:>7} {per_view:>8.2f} {moved / 1e6:>8.2f} {memcpy:>10.3f} {per_view / memcpy:>9.1f}")
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
