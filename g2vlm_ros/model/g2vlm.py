@@ -119,6 +119,18 @@ class ImageBlockLayout:
         return cls(torch.cat(markers, dim=1), torch.cat(patches, dim=1), position)
 
 
+@dataclass
+class ImageBlockInputs:
+    """Marker embeddings and M-RoPE angles of an image block (see ImageBlockLayout)."""
+
+    markers: torch.Tensor  # [2N, C]
+    und_cos: torch.Tensor
+    und_sin: torch.Tensor
+    geo_cos: torch.Tensor
+    geo_sin: torch.Tensor
+    next_position: int
+
+
 def text_positions(first_position: int, count: int) -> torch.Tensor:
     return torch.arange(first_position, first_position + count).expand(3, -1)
 
@@ -200,19 +212,32 @@ class G2VLM(nn.Module):
         [N, P, C], the cache extended by the block, and the next free position.
         """
         views, _, height, width = images.shape
-        grid_h, grid_w = height // PATCH_SIZE, width // PATCH_SIZE
-        patches = self.dino2llm(self.dino_model(normalize_for_dino(images.to(self.dtype))))
         start = len(cache) if first_position is None else first_position
-        layout = ImageBlockLayout.build(start, views, grid_h, grid_w)
+        block = self.image_block_inputs(start, views, height // PATCH_SIZE, width // PATCH_SIZE, special)
+        patches = self.dino2llm(self.dino_model(normalize_for_dino(images.to(self.dtype))))
+        tokens, cache = self.run_image_block(patches, block, cache)
+        return tokens, cache, block.next_position
+
+    def image_block_inputs(self, first_position: int, views: int, grid_h: int, grid_w: int,
+                           special: dict[str, int]) -> ImageBlockInputs:
+        """Everything of the image block that depends only on its layout (constant per bucket)."""
+        layout = ImageBlockLayout.build(first_position, views, grid_h, grid_w)
         text = self.config.text
         und_cos, und_sin = mrope_cos_sin(layout.positions_und.to(self.device), text.head_dim, text.rope_theta)
         geo_cos, geo_sin = mrope_cos_sin(layout.positions_geo.to(self.device), text.head_dim, text.rope_theta)
         markers = self.embed([special["start_of_image"], special["end_of_image"]] * views)
+        return ImageBlockInputs(markers, und_cos, und_sin, geo_cos, geo_sin, layout.next_position)
+
+    def run_image_block(self, patches: torch.Tensor, block: ImageBlockInputs,
+                        cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """LLM-width patch embeddings [N, P, C] through the image block after `cache`; returns the
+        patch tokens' last hidden states [N, P, C] and the extended cache."""
+        views, per_view, width = patches.shape
         _, geo, cache = self.language_model.forward_step(
-            TokenGroup(markers, und_cos, und_sin),
-            TokenGroup(patches.reshape(views * grid_h * grid_w, -1), geo_cos, geo_sin),
+            TokenGroup(block.markers, block.und_cos, block.und_sin),
+            TokenGroup(patches.reshape(views * per_view, width), block.geo_cos, block.geo_sin),
             cache, causal=False)
-        return geo.reshape(views, grid_h * grid_w, -1), cache, layout.next_position
+        return geo.reshape(views, per_view, -1), cache
 
     def decode_geometry_raw(self, tokens: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
         """Patch tokens [N, P, C] -> the heads' outputs before the pose's SVD step (exportable):

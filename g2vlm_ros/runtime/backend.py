@@ -45,9 +45,6 @@ class GeometryResult:
                    intrinsics=reconstruction["intrinsics"], colors=colors,
                    confidence=reconstruction.get("confidence"))
 
-    @property
-    def device(self) -> torch.device:
-        return self.depth.device
 
     @property
     def num_views(self) -> int:

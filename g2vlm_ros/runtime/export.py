@@ -27,10 +27,9 @@ from torch import nn
 
 import g2vlm_ros
 from g2vlm_ros.model.config import DINO_INPUT_WIDTH, PATCH_SIZE
-from g2vlm_ros.model.g2vlm import G2VLM, ImageBlockLayout
-from g2vlm_ros.model.mot import KVCache, TokenGroup
+from g2vlm_ros.model.g2vlm import G2VLM, ImageBlockInputs
+from g2vlm_ros.model.mot import KVCache
 from g2vlm_ros.model.preprocess import RESNET_MEAN, RESNET_STD, normalize_for_dino, resnet_statistics
-from g2vlm_ros.model.rope import mrope_cos_sin
 
 INPUT_NAME = "images"
 RAW_OUTPUTS = ("local_points", "global_points", "rotation_raw", "translation")
@@ -68,16 +67,12 @@ class GeometryGraph(nn.Module):
         prefix, special = model.resolve_token_ids(prefix_token_ids, special_token_ids)
         self.prefix_token_ids, self.special_token_ids = prefix, special
         grid_h, grid_w = bucket.height // PATCH_SIZE, bucket.width // PATCH_SIZE
-        text = model.config.text
         with torch.no_grad():
             cache = model.prefix_cache(prefix, special)
-            layout = ImageBlockLayout.build(len(cache), bucket.views, grid_h, grid_w)
-            self.register_buffer("markers", model.embed([special["start_of_image"], special["end_of_image"]]
-                                                        * bucket.views), persistent=False)
-            for name, positions in (("und", layout.positions_und), ("geo", layout.positions_geo)):
-                cos, sin = mrope_cos_sin(positions.to(model.device), text.head_dim, text.rope_theta)
-                self.register_buffer(f"{name}_cos", cos, persistent=False)
-                self.register_buffer(f"{name}_sin", sin, persistent=False)
+            block = model.image_block_inputs(len(cache), bucket.views, grid_h, grid_w, special)
+            for name in ("markers", "und_cos", "und_sin", "geo_cos", "geo_sin"):  # buffers follow .to(device)
+                self.register_buffer(name, getattr(block, name), persistent=False)
+            self.next_position = block.next_position
             self.register_buffer("dino_positions", model.dino_model.embeddings.patch_position_embeddings(
                 grid_h, grid_w), persistent=False)
             mean, std = resnet_statistics(model.device)
@@ -96,11 +91,9 @@ class GeometryGraph(nn.Module):
         model, bucket = self.model, self.bucket
         pixels = normalize_for_dino(images, (self.pixel_mean, self.pixel_std)).to(model.dtype)
         patches = model.dino2llm(model.dino_model(pixels, self.dino_positions))
-        _, geo, _ = model.language_model.forward_step(
-            TokenGroup(self.markers, self.und_cos, self.und_sin),
-            TokenGroup(patches.reshape(-1, patches.shape[-1]), self.geo_cos, self.geo_sin),
-            self.prefix(), causal=False)
-        tokens = geo.reshape(bucket.views, -1, geo.shape[-1])
+        block = ImageBlockInputs(self.markers, self.und_cos, self.und_sin, self.geo_cos, self.geo_sin,
+                                 self.next_position)
+        tokens, _ = model.run_image_block(patches, block, self.prefix())
         raw = model.decode_geometry_raw(tokens, bucket.height, bucket.width)
         return tuple(raw[name].float() for name in self.output_names)
 
