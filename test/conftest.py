@@ -163,6 +163,77 @@ def ros_client():
     client.close()
 
 
+FIXTURES = REPO / "test" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tf2_msgs_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for processes that need tf2_msgs (not on PyPI): a test-only build of the same
+    TFMessage definition (test/fixtures/tf2_msgs) in a temporary prefix. This process keeps the
+    pip-only environment; nodes and helper processes started with this env get /tf support."""
+    import shutil
+
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is needed to build the tf2_msgs test fixture")
+    build, prefix = tmp_path_factory.mktemp("tf_build"), tmp_path_factory.mktemp("tf_prefix")
+    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, CMAKE_PREFIX_PATH=sys.prefix)
+    for command in (
+        ["cmake", "-S", str(FIXTURES / "tf2_msgs"), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={prefix}",
+         "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}"],
+        ["cmake", "--build", str(build), "-j2"],
+        ["cmake", "--install", str(build)],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    site = next(Path(prefix, "lib").glob("python3*/site-packages"))
+    return {"PYTHONPATH": os.pathsep.join([str(site), str(FIXTURES)]),
+            "LD_LIBRARY_PATH": f"{prefix}/lib:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+class RobotProcess:
+    """test/fixtures/synthetic_robot.py in its own process; stdout lines are collected by a thread."""
+
+    def __init__(self, settings: dict, env: dict[str, str]):
+        import json
+
+        self.process = subprocess.Popen(
+            [sys.executable, str(FIXTURES / "synthetic_robot.py"), json.dumps(settings)],
+            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_until(lambda: "robot running" in self.lines or self.process.poll() is not None, 20)
+        assert self.process.poll() is None, "synthetic robot died:\n" + "\n".join(self.lines)
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.strip())
+
+    def echoed(self) -> list[dict]:
+        import json
+
+        return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture
+def start_robot(tf2_msgs_env):
+    robots: list[RobotProcess] = []
+
+    def start(**settings) -> RobotProcess:
+        robots.append(RobotProcess(settings, tf2_msgs_env))
+        return robots[-1]
+
+    yield start
+    for robot in robots:
+        robot.stop()
+
+
 SHARED = REPO.parent / "shared"
 PARITY = SHARED / "parity" / "tiny_recon"
 

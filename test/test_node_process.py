@@ -9,17 +9,23 @@ import uuid
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseArray, PoseStamped
+from nav_msgs.msg import Path
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from conftest import wait_until
+from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.ros.conversions import image_to_numpy_float, numpy_to_image, unpack_point_cloud, unpack_rgb_float
 
 WIDTH, HEIGHT = 640, 480
 LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def stamp_of(message) -> tuple[int, int]:
+    return message.header.stamp.sec, message.header.stamp.nanosec
 
 
 def expected_depth(rgb) -> float:
@@ -64,6 +70,10 @@ def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_
     pose = ros_client.collect(PoseStamped, f"/g2vlm/{camera}/pose")
     points = ros_client.collect(PointCloud2, "/g2vlm/points")
     metric_depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth")
+    confidence = ros_client.collect(Image, f"/g2vlm/{camera}/confidence")
+    pose_array = ros_client.collect(PoseArray, "/g2vlm/poses")
+    path = ros_client.collect(Path, "/g2vlm/path")
+    scale = ros_client.collect(MetricScale, "/g2vlm/scale")
     publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", qos_profile_sensor_data)
     sent = {}
 
@@ -73,7 +83,8 @@ def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_
         return rgb_image((200, 100, 50), header)
 
     publish_until(ros_client, publisher, make, depth)
-    wait_until(lambda: info and pose and points, 10, "camera_info, pose or points missing")
+    wait_until(lambda: info and pose and points and confidence and pose_array and path and scale, 10,
+               "camera_info, pose, points, confidence, poses, path or scale missing")
 
     msg = depth[0]
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) in sent, "depth must carry the source stamp"
@@ -100,6 +111,16 @@ def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_
     assert (unpack_rgb_float(data["rgb"]) == [200, 100, 50]).all()
     assert not metric_depth, "relative depth must never appear on the metric depth topic"
     assert "TEST PLACEHOLDER" in node.log()
+
+    # the placeholder predicts confidence (= luminance): 32FC1 in [0, 1] with the source header
+    assert confidence[0].encoding == "32FC1" and confidence[0].header.frame_id == f"{camera}_optical"
+    np.testing.assert_allclose(image_to_numpy_float(confidence[0]), expected_depth((200, 100, 50)) - 1, rtol=1e-5)
+    # window outputs: world frame, the newest source stamp, one pose per view
+    for message in (pose_array[0], path[0]):
+        assert message.header.frame_id == "g2vlm_world" and stamp_of(message) in sent
+    assert len(pose_array[0].poses) == 1 and len(path[0].poses) == 1
+    assert path[0].poses[0].header.frame_id == "g2vlm_world" and stamp_of(path[0].poses[0]) in sent
+    assert not scale[0].valid and scale[0].source == "none" and math.isnan(scale[0].metres_per_unit)
 
 
 @pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8"])
@@ -252,6 +273,12 @@ def test_without_a_model_the_node_stays_up_and_says_why(start_node, ros_client, 
     ({"backend": "magic"}, "parameter 'backend' = 'magic' is not one of"),
     ({"cameras": ["bad-name"]}, "camera name 'bad-name' must match"),
     ({"scale_source": "guess"}, "parameter 'scale_source' = 'guess'"),
+    ({"scale_source": "tf", "window_size": 3}, "scale_source 'tf' needs parameter 'odom_frame'"),
+    ({"scale_source": "tf", "odom_frame": "odom"}, "set window_size >= 2 or use two cameras"),
+    ({"scale_source": "rig"}, "scale_source 'rig' needs at least two cameras"),
+    ({"scale_source": "depth_topic"}, "needs parameter 'scale_depth_topic'"),
+    ({"odom_frame": "g2vlm_world"}, "give world_frame its own name"),
+    ({"keyframe_min_motion_m": 0.1}, "need parameter 'odom_frame'"),
 ])
 def test_invalid_configuration_exits_with_a_clear_reason(start_node, parameters, message):
     node = start_node(wait_ready=False, **parameters)

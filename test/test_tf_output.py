@@ -1,22 +1,19 @@
 """/tf output through a plain tf2_msgs publisher, checked from a separate listener process.
 
-tf2_msgs is not on PyPI, so the test builds a test-only package with the same TFMessage
-definition (test/fixtures/tf2_msgs) into a temporary prefix and gives it to the node and the
-listener only; this process keeps the pip-only environment.
+tf2_msgs is not on PyPI: conftest's tf2_msgs_env builds a test-only package with the same
+TFMessage definition and gives it to the node and the listener only.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from conftest import REPO, wait_until
+from conftest import wait_until
 from test_node_process import rgb_image, stamped
 
 LISTENER = """
@@ -34,24 +31,6 @@ node.create_subscription(TFMessage, '/tf', on_tf, 100)
 print('listening', flush=True)
 rclpy.spin(node)
 """
-
-
-@pytest.fixture(scope="module")
-def tf2_msgs_env(tmp_path_factory):
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is needed to build the tf2_msgs test fixture")
-    build, prefix = tmp_path_factory.mktemp("tf_build"), tmp_path_factory.mktemp("tf_prefix")
-    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, CMAKE_PREFIX_PATH=sys.prefix)
-    for command in (
-        ["cmake", "-S", str(REPO / "test" / "fixtures" / "tf2_msgs"), "-B", str(build),
-         f"-DCMAKE_INSTALL_PREFIX={prefix}", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}"],
-        ["cmake", "--build", str(build), "-j2"],
-        ["cmake", "--install", str(build)],
-    ):
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    site = next(Path(prefix, "lib").glob("python3*/site-packages"))
-    return {"PYTHONPATH": str(site), "LD_LIBRARY_PATH": f"{prefix}/lib:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 
 def test_transforms_reach_tf_with_world_parent_camera_child_and_source_stamp(start_node, ros_client, tf2_msgs_env):

@@ -33,3 +33,9 @@ def matrix_to_quaternion_xyzw(rotation: np.ndarray) -> tuple[float, float, float
     if quaternion[3] < 0:
         quaternion = -quaternion
     return tuple(float(v) for v in quaternion)
+
+
+def rotation_angle_deg(rotation: np.ndarray) -> float:
+    """Angle of a rotation matrix in degrees, in [0, 180] (clipped so rounding never yields NaN)."""
+    cosine = (np.trace(np.asarray(rotation, dtype=np.float64)) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))

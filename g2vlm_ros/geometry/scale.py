@@ -68,13 +68,8 @@ def scale_from_trajectories(predicted: np.ndarray, measured: np.ndarray, min_ext
 
 def scale_from_baseline(predicted_a: np.ndarray, predicted_b: np.ndarray, known_distance_m: float,
                         min_predicted: float = 1e-6) -> ScaleFit:
-    """Known metric distance between two camera centres / their predicted distance."""
-    if not np.isfinite(known_distance_m) or known_distance_m <= 0:
-        raise ScaleUnavailable(f"the rig baseline must be a positive distance, got {known_distance_m}")
-    predicted = float(np.linalg.norm(np.asarray(predicted_a, np.float64) - np.asarray(predicted_b, np.float64)))
-    if not np.isfinite(predicted) or predicted < min_predicted:
-        raise ScaleUnavailable("the predicted camera centres coincide: the rig baseline cannot be measured")
-    return ScaleFit(known_distance_m / predicted, 0.0, 1, "rig")
+    """Known metric distance between two camera centres / their predicted distance (one pair)."""
+    return scale_from_baselines(predicted_a, predicted_b, known_distance_m, min_predicted)
 
 
 def scale_from_depth(metric_depth_m: np.ndarray, predicted_depth: np.ndarray, min_pixels: int = 100,
@@ -96,3 +91,20 @@ def scale_from_depth(metric_depth_m: np.ndarray, predicted_depth: np.ndarray, mi
     scale = float(np.median(ratios))
     residual = float(np.median(np.abs(scale * predicted[valid] - metric[valid])))
     return ScaleFit(scale, residual, count, "depth_topic")
+
+
+def scale_from_baselines(predicted_a: np.ndarray, predicted_b: np.ndarray, known_distance_m: float,
+                         min_predicted: float = 1e-6) -> ScaleFit:
+    """Known distance between two rigidly mounted cameras / their predicted distance, over K synchronized
+    pairs of camera centres [K,3]: the median ratio, robust to a bad pair; residual = median |error| in metres.
+    """
+    if not np.isfinite(known_distance_m) or known_distance_m <= 0:
+        raise ScaleUnavailable(f"the rig baseline must be a positive distance, got {known_distance_m}")
+    predicted_a, predicted_b = np.atleast_2d(predicted_a), np.atleast_2d(predicted_b)
+    distances = np.linalg.norm(np.asarray(predicted_a, np.float64) - np.asarray(predicted_b, np.float64), axis=1)
+    distances = distances[np.isfinite(distances) & (distances >= min_predicted)]
+    if len(distances) == 0:
+        raise ScaleUnavailable("the predicted camera centres coincide: the rig baseline cannot be measured")
+    scale = float(known_distance_m / np.median(distances))
+    residual = float(np.median(np.abs(scale * distances - known_distance_m)))
+    return ScaleFit(scale, residual, len(distances), "rig")

@@ -1,4 +1,7 @@
-"""Per-camera input state: accepted frames, the latest CameraInfo, counters and the input rate."""
+"""Per-camera input state: message conversion, the latest CameraInfo, counters and the input rate.
+
+Accepted frames go to the node's WindowAssembler (runtime.windowing), which aligns cameras in time
+and keeps the keyframes."""
 from __future__ import annotations
 
 import threading
@@ -8,11 +11,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from g2vlm_ros.ros.conversions import ImageConversionError, compressed_to_rgb, image_to_rgb
 from g2vlm_ros.ros.params import CameraConfig
+from g2vlm_ros.runtime.windowing import thumbnail
+
+
+def stamp_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 @dataclass
@@ -23,6 +32,8 @@ class Frame:
     header: Header  # source header; frame_id already resolved (parameter or message)
     rgb: np.ndarray  # [H,W,3] uint8
     camera_info: Optional[CameraInfo]  # latest CameraInfo of this camera when the image arrived
+    stamp_ns: int  # header stamp in nanoseconds, for time alignment
+    thumbnail: Optional[np.ndarray]  # small grey image, only when the keyframe policy tests image change
 
 
 class CameraInput:
@@ -30,18 +41,16 @@ class CameraInput:
 
     RATE_WINDOW_S = 5.0
 
-    def __init__(self, config: CameraConfig, window_size: int):
+    def __init__(self, config: CameraConfig):
         self.config = config
-        self.frames: deque[Frame] = deque(maxlen=window_size)
         self.camera_info: Optional[CameraInfo] = None
         self.received = 0
         self.rejected = 0
         self.last_error = ""
-        self.new_since_window = False
         self._arrivals: deque[float] = deque()
         self._lock = threading.Lock()
 
-    def accept(self, msg: Image | CompressedImage) -> Frame:
+    def accept(self, msg: Image | CompressedImage, with_thumbnail: bool = False) -> Frame:
         """Converts `msg`; raises ImageConversionError (and counts it) when it is unusable."""
         now = time.monotonic()
         with self._lock:
@@ -62,11 +71,8 @@ class CameraInput:
                 self.last_error = str(error)
             raise
         header = Header(stamp=msg.header.stamp, frame_id=frame_id)
-        frame = Frame(self.config.name, header, rgb, self.camera_info)
-        with self._lock:
-            self.frames.append(frame)
-            self.new_since_window = True
-        return frame
+        return Frame(self.config.name, header, rgb, self.camera_info, stamp_ns(header.stamp),
+                     thumbnail(rgb) if with_thumbnail else None)
 
     def set_camera_info(self, msg: CameraInfo) -> Optional[str]:
         """Stores `msg`, or returns why it is unusable (then the model's intrinsics are used)."""
@@ -85,14 +91,3 @@ class CameraInput:
         if len(arrivals) < 2 or arrivals[-1] == arrivals[0]:
             return 0.0
         return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-
-    def take_window_frames(self, window_size: int) -> Optional[list[Frame]]:
-        """Returns this camera's newest `window_size` frames if it has new input, else None."""
-        with self._lock:
-            if not self.new_since_window or len(self.frames) < window_size:
-                return None
-            return list(self.frames)[-window_size:]
-
-    def mark_used(self) -> None:
-        with self._lock:
-            self.new_since_window = False

@@ -96,12 +96,33 @@ def numpy_to_image(array: np.ndarray, encoding: str, header: Header) -> Image:
 
 
 def image_to_numpy_float(msg: Image) -> np.ndarray:
-    """Reads a 32FC1 image into a float32 [H,W] array (used by tests and tools)."""
+    """Reads a 32FC1 image into a float32 [H,W] array."""
     if msg.encoding != "32FC1":
         raise ImageConversionError(f"expected 32FC1, got '{msg.encoding}'")
+    if msg.step < msg.width * 4 or len(msg.data) != msg.step * msg.height:
+        raise ImageConversionError(f"32FC1 image {msg.width}x{msg.height} with step {msg.step} does not hold "
+                                   f"its {len(msg.data)} bytes")
     dtype = np.dtype(np.float32).newbyteorder(">" if msg.is_bigendian else "<")
     rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
     return rows[:, : msg.width * 4].copy().view(dtype).astype(np.float32).reshape(msg.height, msg.width)
+
+
+def depth_image_to_metres(msg: Image) -> np.ndarray:
+    """A metric depth image as float64 metres [H,W], NaN where invalid (REP 118: 32FC1 metres with
+    NaN/inf/0 invalid, or 16UC1 millimetres with 0 invalid, as RGB-D drivers publish)."""
+    if msg.encoding == "32FC1":
+        depth = image_to_numpy_float(msg).astype(np.float64)
+    elif msg.encoding in ("16UC1", "mono16"):
+        dtype = np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<")
+        if msg.step < msg.width * 2 or len(msg.data) != msg.step * msg.height:
+            raise ImageConversionError(f"depth image {msg.width}x{msg.height} with step {msg.step} does not hold "
+                                       f"its {len(msg.data)} bytes")
+        rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
+        depth = rows[:, : msg.width * 2].copy().view(dtype).astype(np.float64) * 1e-3
+    else:
+        raise ImageConversionError(f"depth image encoding '{msg.encoding}' is not 32FC1 (m) or 16UC1 (mm)")
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
 
 
 def pack_rgb_float(colors: np.ndarray) -> np.ndarray:

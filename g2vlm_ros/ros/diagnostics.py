@@ -38,3 +38,22 @@ def diagnostic_array(stamp, statuses: list[StatusBuilder]) -> DiagnosticArray:
     array.header.stamp = stamp
     array.status = [status.build() for status in statuses]
     return array
+
+
+def gpu_memory() -> dict[str, str]:
+    """Memory of the current CUDA device as this process sees it; empty when CUDA is not in use.
+
+    Only reads an already initialised CUDA context: diagnostics must not create one on CPU-only runs.
+    """
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    free, total = torch.cuda.mem_get_info()
+    mib = 1024 * 1024
+    return {
+        "gpu_memory_allocated_mib": f"{torch.cuda.memory_allocated() / mib:.0f}",
+        "gpu_memory_reserved_mib": f"{torch.cuda.memory_reserved() / mib:.0f}",
+        "gpu_memory_peak_mib": f"{torch.cuda.max_memory_allocated() / mib:.0f}",
+        "gpu_memory_free_mib": f"{free / mib:.0f} of {total / mib:.0f}",
+    }

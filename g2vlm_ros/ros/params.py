@@ -15,11 +15,11 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PRECISIONS
+from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 OUTPUT_QOS_CHOICES = ("reliable", "best_effort")
-SCALE_SOURCES = ("none", "fixed")
+SCALE_SOURCES = ("none", "fixed", "tf", "depth_topic", "rig")
 TRANSPORTS = ("raw", "compressed")
 CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -53,6 +53,8 @@ class ParamSpec:
         return descriptor
 
     def check(self, value: Any) -> None:
+        if self.name == "backend" and isinstance(value, str) and value.startswith(PLUGIN_PREFIX):
+            return
         if self.choices and value not in self.choices:
             raise ConfigError(f"parameter '{self.name}' = '{value}' is not one of {', '.join(self.choices)}")
         for bounds in (self.int_range, self.float_range):
@@ -61,19 +63,38 @@ class ParamSpec:
 
 
 PARAMETERS = (
+    ParamSpec("autostart", True, "Configure and activate this managed node at start. false: wait for "
+              "lifecycle transitions (configure loads the model, activate starts the camera input)."),
     ParamSpec("cameras", ["camera"], "Camera names. Each camera <name> reads <name>.image_topic, "
               "<name>.camera_info_topic, <name>.transport and <name>.frame_id."),
     ParamSpec("input_qos", "sensor_data", "QoS of camera subscriptions: sensor_data (best effort, "
               "the REP 2003 camera profile) or reliable (e.g. for bag playback).", choices=INPUT_QOS_CHOICES),
     ParamSpec("output_qos", "reliable", "Reliability of the published outputs.", choices=OUTPUT_QOS_CHOICES),
-    ParamSpec("world_frame", "g2vlm_world", "Frame of the point cloud and poses: the model's world frame "
-              "(the first view's camera at the first window)."),
-    ParamSpec("publish_tf", True, "Broadcast world_frame -> camera optical frame on /tf."),
-    ParamSpec("window_size", 1, "Frames per camera in one inference window.", int_range=(1, 16)),
+    ParamSpec("world_frame", "g2vlm_world", "Frame of the point cloud, poses and path: the model's "
+              "reconstruction frame of the current window. Its origin moves from window to window unless "
+              "scale_source is tf, which places it in odom_frame on TF."),
+    ParamSpec("odom_frame", "", "Odometry frame (e.g. odom) for scale_source tf: camera positions are looked "
+              "up in it and odom_frame -> world_frame is broadcast. Empty: not used."),
+    ParamSpec("publish_tf", True, "Broadcast world_frame -> <camera>_optical for every camera on /tf."),
+    ParamSpec("window_size", 1, "Keyframes per camera in one inference window (the newest frame always "
+              "included).", int_range=(1, 16)),
+    ParamSpec("sync_slop_s", 0.05, "Largest stamp difference between the frames of different cameras that "
+              "are treated as taken at the same time.", float_range=(0.0, 10.0)),
+    ParamSpec("keyframe_min_interval_s", 0.0, "A frame becomes a keyframe only this long after the previous "
+              "keyframe.", read_only=False, float_range=(0.0, 3600.0)),
+    ParamSpec("keyframe_min_motion_m", 0.0, "Content criterion: the first camera moved this far (from TF in "
+              "odom_frame) since the previous keyframe; 0 disables it.", read_only=False,
+              float_range=(0.0, 1000.0)),
+    ParamSpec("keyframe_min_rotation_deg", 0.0, "Content criterion: the first camera turned this much (from "
+              "TF) since the previous keyframe; 0 disables it.", read_only=False, float_range=(0.0, 180.0)),
+    ParamSpec("keyframe_min_image_change", 0.0, "Content criterion: mean absolute grey-level change (0..1) of "
+              "a camera's thumbnail since the previous keyframe; 0 disables it. With several content "
+              "criteria, any one suffices.", read_only=False, float_range=(0.0, 1.0)),
     ParamSpec("max_rate_hz", 10.0, "Upper bound on inference windows per second.", read_only=False,
               float_range=(0.01, 1000.0)),
     ParamSpec("backend", "auto", "Inference backend. auto = tensorrt, then onnxruntime, then torch, the "
-              "first that can run; test_pattern is a geometry-free placeholder for I/O tests only.",
+              "first that can run; test_pattern is a geometry-free placeholder for I/O tests only; "
+              "plugin:<module>:<Class> loads a GeometryBackend subclass of your own.",
               choices=BACKEND_CHOICES),
     ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout."),
     ParamSpec("engine_dir", "", "Folder of compiled engines and ONNX graphs (empty: the package's engines/)."),
@@ -85,13 +106,24 @@ PARAMETERS = (
               "and replay it (much lower latency; a few seconds of capture per new size)."),
     ParamSpec("allow_engine_rebuild", False, "tensorrt backend: rebuild an engine that does not match this "
               "TensorRT version, GPU or checkpoint from its ONNX graph instead of refusing it."),
-    ParamSpec("scale_source", "none", "Metric scale: none (outputs are relative, depth goes to "
-              "<camera>/depth_relative) or fixed (fixed_scale metres per model unit, depth in metres on "
-              "<camera>/depth).", choices=SCALE_SOURCES),
+    ParamSpec("scale_source", "none", "Metric scale of the up-to-scale model: none (relative outputs; depth "
+              "on <camera>/depth_relative), fixed (fixed_scale), tf (camera motion from TF in odom_frame), "
+              "depth_topic (a metric depth image on scale_depth_topic) or rig (the TF distance between the "
+              "first two cameras). Metric depth goes to <camera>/depth (metres) only while a scale is known.",
+              choices=SCALE_SOURCES),
     ParamSpec("fixed_scale", 1.0, "Metres per model unit when scale_source is fixed.", read_only=False,
               float_range=(1e-6, 1e6)),
+    ParamSpec("scale_depth_topic", "", "scale_source depth_topic: metric depth image (32FC1 metres or 16UC1 "
+              "millimetres) registered to scale_depth_camera's image."),
+    ParamSpec("scale_depth_camera", "", "scale_source depth_topic: the camera whose pixels the depth image "
+              "matches (empty: the first camera)."),
+    ParamSpec("scale_max_age_s", 10.0, "A window whose own scale fit fails (e.g. no motion) reuses the last "
+              "fit at most this old; older: outputs fall back to relative.", read_only=False,
+              float_range=(0.0, 3600.0)),
     ParamSpec("cloud_stride", 2, "Keep every n-th pixel in each direction for /g2vlm/points.", read_only=False,
               int_range=(1, 64)),
+    ParamSpec("voxel_size", 0.0, "Merge cloud points per voxel of this edge (world units: metres with a "
+              "metric scale); 0 disables.", read_only=False, float_range=(0.0, 100.0)),
     ParamSpec("confidence_threshold", 0.0, "Drop cloud points below this confidence (when the model "
               "predicts confidence).", read_only=False, float_range=(0.0, 1.0)),
     ParamSpec("max_question_bytes", 4096, "Longest accepted /g2vlm/ask question in UTF-8 bytes.",
@@ -155,7 +187,35 @@ def declare_and_read(node: Node) -> NodeConfig:
         if not image_topic:
             raise ConfigError(f"parameter '{name}.image_topic' must not be empty")
         cameras.append(CameraConfig(name, image_topic, info_topic, transport, frame_id))
+    check_combination(values, names)
+    if values["scale_source"] == "depth_topic" and not values["scale_depth_camera"]:
+        values["scale_depth_camera"] = names[0]
     return NodeConfig(cameras=cameras, values=values)
+
+
+def check_combination(values: dict[str, Any], cameras: list[str]) -> None:
+    """Rules that involve several parameters; each message says how to fix the configuration."""
+    source, odom = values["scale_source"], values["odom_frame"]
+    if source == "tf" and not odom:
+        raise ConfigError("scale_source 'tf' needs parameter 'odom_frame' (e.g. odom): the frame in which TF "
+                          "gives the camera positions")
+    if (values["keyframe_min_motion_m"] > 0 or values["keyframe_min_rotation_deg"] > 0) and not odom:
+        raise ConfigError("keyframe_min_motion_m / keyframe_min_rotation_deg need parameter 'odom_frame': "
+                          "camera motion is read from TF in it")
+    if odom and odom == values["world_frame"]:
+        raise ConfigError(f"odom_frame and world_frame are both '{odom}': the node would overwrite the "
+                          "odometry frame; give world_frame its own name")
+    if source == "tf" and values["window_size"] * len(cameras) < 2:
+        raise ConfigError("scale_source 'tf' compares at least two camera positions per window: set "
+                          "window_size >= 2 or use two cameras")
+    if source == "rig" and len(cameras) < 2:
+        raise ConfigError("scale_source 'rig' needs at least two cameras (their TF distance is the baseline)")
+    if source == "depth_topic":
+        if not values["scale_depth_topic"]:
+            raise ConfigError("scale_source 'depth_topic' needs parameter 'scale_depth_topic'")
+        if values["scale_depth_camera"] and values["scale_depth_camera"] not in cameras:
+            raise ConfigError(f"scale_depth_camera '{values['scale_depth_camera']}' is not one of the cameras "
+                              f"{cameras}")
 
 
 def make_set_parameters_callback(config: NodeConfig, on_change: Callable[[], None]):

@@ -1,11 +1,20 @@
-"""The g2vlm perception node: camera images in; depth, point cloud, poses, TF and answers out.
+"""The g2vlm perception node: camera images in; depth, point cloud, poses, TF, scale and answers out.
 
-Threads: the executor handles subscriptions, the service and timers; inference runs on its own
+A managed (lifecycle) node:
+  configure   loads the model (backend), TF input and publishers; a failure leaves the node
+              unconfigured with the reason in the log and on /diagnostics, the process keeps running
+  activate    subscribes to the cameras (and the metric depth topic) and starts inference
+  deactivate  unsubscribes; nothing is published until the next activate
+  cleanup     releases the model and its GPU memory
+With `autostart` (the default) it configures and activates itself, for plain `ros2 run` use.
+
+Threads: the executor handles subscriptions, services and timers; inference runs on its own
 worker thread with a single pending slot (newest window wins, never a queue), so a slow model
-cannot delay message handling or the /g2vlm/ask service.
+cannot delay message handling, lifecycle transitions or the /g2vlm/ask service.
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -18,11 +27,15 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
+from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
+from g2vlm_ros.geometry.rotations import rotation_angle_deg
+from g2vlm_ros.geometry.tf_buffer import TransformUnavailable
 from g2vlm_ros.reasoning.question import (
     QuestionError,
     SpatialAnswerer,
@@ -33,36 +46,37 @@ from g2vlm_ros.reasoning.question import (
 )
 from g2vlm_ros.ros.camera_input import CameraInput, Frame
 from g2vlm_ros.ros.conversions import ImageConversionError
-from g2vlm_ros.ros.diagnostics import ERROR, WARN, StatusBuilder, diagnostic_array
-from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings, stamp_key
+from g2vlm_ros.ros.diagnostics import diagnostic_array
+from g2vlm_ros.ros.node_diagnostics import node_statuses
+from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings
 from g2vlm_ros.ros.params import ConfigError, NodeConfig, declare_and_read, make_set_parameters_callback
+from g2vlm_ros.ros.scale_input import ScaleInput
+from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
-from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend, GeometryResult
+from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
 from g2vlm_ros.runtime.rate_limiter import RateLimiter
 from g2vlm_ros.runtime.registry import BackendRequest, create_backend
+from g2vlm_ros.runtime.scale_tracker import ScaleEstimate
+from g2vlm_ros.runtime.windowing import Window, WindowAssembler, WindowPolicy
 from g2vlm_ros.runtime.worker import LatestOnlyWorker
 
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0
 MAX_THROTTLE_KEYS = 256
-
-
-@dataclass
-class Window:
-    """Frames of one inference, camera-major (all keyframes of camera 0, then camera 1, ...)."""
-
-    frames: list[Frame]
+INFERENCE_STOP_TIMEOUT_S = 120.0  # cleanup waits this long for a window in flight (large models on CPUs)
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
 @dataclass
 class Snapshot:
     """The latest completed window and its geometry, as read by /g2vlm/ask."""
 
-    window: Window
+    window: Window[Frame]
     result: GeometryResult
+    scale: ScaleEstimate
 
 
-class PerceptionNode(Node):
+class PerceptionNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         try:
@@ -72,66 +86,195 @@ class PerceptionNode(Node):
             raise
         self.camera_names = [camera.name for camera in self.config.cameras]
         self.answerer: Optional[SpatialAnswerer] = None
+        self.state_label = "unconfigured"
+        self.backend: Optional[GeometryBackend] = None
+        self.backend_error = "not configured yet"
+        self.windows_rate_limited = 0
+        self._active = False
         self._last_log: dict[tuple[str, str], float] = {}
         self._snapshot: Optional[Snapshot] = None
         self._snapshot_lock = threading.Lock()
         self._window_lock = threading.Lock()
+        self._transition_lock = threading.Lock()
         self._rate_limiter = RateLimiter(self.config.max_rate_hz)
-        self.backend_error = ""
-        self.backend: Optional[GeometryBackend] = self._load_backend()
+        self._camera_subscriptions: list = []
+        self._inputs_group = MutuallyExclusiveCallbackGroup()
+        self.inputs = {camera.name: CameraInput(camera) for camera in self.config.cameras}
+        # created by configure, released by cleanup
+        self.worker: Optional[LatestOnlyWorker[Window[Frame]]] = None
+        self.assembler: Optional[WindowAssembler[Frame]] = None
+        self.geometry_publisher: Optional[GeometryPublisher] = None
+        self.scale_input: Optional[ScaleInput] = None
+        self.scale_publisher = None
+        self.tf_input: Optional[TfInput] = None
 
-        output_qos = QoSProfile(depth=5)
+        self.output_qos = QoSProfile(depth=5)
         if self.config.output_qos == "best_effort":
-            output_qos.reliability = ReliabilityPolicy.BEST_EFFORT
+            self.output_qos.reliability = ReliabilityPolicy.BEST_EFFORT
+        self.input_qos = qos_profile_sensor_data if self.config.input_qos == "sensor_data" else QoSProfile(depth=5)
         self.tf_output = TfOutput(self, self.config.publish_tf)
         if self.config.publish_tf and not self.tf_output.active:
             self.get_logger().warning(f"TF output {self.tf_output.mode}")
-        self.geometry_publisher = GeometryPublisher(
-            self, self.camera_names, self.config.scale_source != "none", output_qos, self.tf_output)
-
-        input_qos = qos_profile_sensor_data if self.config.input_qos == "sensor_data" else QoSProfile(depth=5)
-        inputs_group = MutuallyExclusiveCallbackGroup()
-        self.inputs: dict[str, CameraInput] = {}
-        for camera in self.config.cameras:
-            state = CameraInput(camera, self.config.window_size)
-            self.inputs[camera.name] = state
-            message_type = CompressedImage if camera.transport == "compressed" else Image
-            self.create_subscription(message_type, camera.image_topic,
-                                     lambda msg, s=state: self._on_image(s, msg), input_qos,
-                                     callback_group=inputs_group)
-            if camera.camera_info_topic:
-                self.create_subscription(CameraInfo, camera.camera_info_topic,
-                                         lambda msg, s=state: self._on_camera_info(s, msg), input_qos,
-                                         callback_group=inputs_group)
-
-        self.worker: LatestOnlyWorker[Window] = LatestOnlyWorker(self._infer, self._on_inference_error)
         self.create_service(Ask, "~/ask", self._on_ask, callback_group=ReentrantCallbackGroup())
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(make_set_parameters_callback(
-            self.config, lambda: self._rate_limiter.set_rate(self.config.max_rate_hz)))
-        self.get_logger().info(
-            f"ready: cameras {self.camera_names}, backend {self.backend.describe() if self.backend else 'none'}, "
-            f"scale {self.config.scale_source}, world frame '{self.config.world_frame}'")
+        self.add_on_set_parameters_callback(make_set_parameters_callback(self.config, self._on_parameters_changed))
 
-    # ---------------------------------------------------------------- model
-    def _load_backend(self) -> Optional[GeometryBackend]:
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            config = self.config
+            request = BackendRequest(config.backend, config.checkpoint_path, config.engine_dir, config.device,
+                                     config.precision, config.cuda_graphs, config.allow_engine_rebuild)
+            self.get_logger().info(f"configure: loading backend '{config.backend}' ...")
+            try:
+                backend = create_backend(request)
+            except Exception as error:  # a broken plugin or checkpoint must not take the process down
+                self.backend_error = str(error) if type(error).__name__.endswith("UnavailableError") else (
+                    f"{type(error).__name__}: {error}")
+                self.get_logger().error(f"configure failed: no model loaded, no geometry will be published: "
+                                        f"{self.backend_error}")
+                return FAILURE
+            self.backend, self.backend_error = backend, ""
+            self.get_logger().info(f"backend ready: {backend.describe()}")
+            if backend.is_placeholder:
+                self.get_logger().warning(
+                    f"backend '{backend.name}' is a geometry-free TEST PLACEHOLDER, not G2VLM: its depth, poses "
+                    "and points are synthetic and must not be used by a robot")
+            needs_tf = config.scale_source in ("tf", "rig") or bool(config.odom_frame)
+            if needs_tf:
+                self.tf_input = TfInput(self, callback_group=self._inputs_group)
+                if not self.tf_input.available:
+                    reason = f"scale_source '{config.scale_source}' / odom_frame need TF input: {self.tf_input.mode}"
+                    self._release()
+                    self.backend_error = reason
+                    self.get_logger().error(f"configure failed: {reason}")
+                    return FAILURE
+            self.geometry_publisher = GeometryPublisher(self, self.camera_names, config.scale_source != "none",
+                                                        self.output_qos, self.tf_output)
+            self.scale_input = ScaleInput(self, config, self.camera_names, self.tf_input, self.input_qos,
+                                          callback_group=self._inputs_group)
+            self.scale_publisher = self.create_publisher(MetricScale, "~/scale", self.output_qos)
+            self.assembler = WindowAssembler(self.camera_names, self._window_policy(),
+                                             motion=self._first_camera_motion if config.odom_frame else None)
+            self.worker = LatestOnlyWorker(self._infer, self._on_inference_error)
+            self.state_label = "inactive"
+            return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            for camera in self.config.cameras:
+                camera_input = self.inputs[camera.name]
+                message_type = CompressedImage if camera.transport == "compressed" else Image
+                self._camera_subscriptions.append(self.create_subscription(
+                    message_type, camera.image_topic, lambda msg, c=camera_input: self._on_image(c, msg),
+                    self.input_qos, callback_group=self._inputs_group))
+                if camera.camera_info_topic:
+                    self._camera_subscriptions.append(self.create_subscription(
+                        CameraInfo, camera.camera_info_topic, lambda msg, c=camera_input: self._on_camera_info(c, msg),
+                        self.input_qos, callback_group=self._inputs_group))
+            self._active = True
+            self.state_label = "active"
+            self.get_logger().info("activated: listening to " + ", ".join(c.image_topic for c in self.config.cameras))
+            return SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            self._active = False
+            for subscription in self._camera_subscriptions:
+                self.destroy_subscription(subscription)
+            self._camera_subscriptions.clear()
+            with self._window_lock:
+                if self.assembler is not None:
+                    self.assembler.reset()
+            self.state_label = "inactive"
+            self.get_logger().info("deactivated: camera input stopped")
+            return SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            self._release()
+            self.backend_error = "cleaned up (configure to load the model again)"
+            self.state_label = "unconfigured"
+            self.get_logger().info("cleaned up: model and GPU memory released")
+            return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        with self._transition_lock:
+            for subscription in self._camera_subscriptions:
+                self.destroy_subscription(subscription)
+            self._camera_subscriptions.clear()
+            self._release()
+            self.state_label = "finalized"
+            return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"lifecycle error in state '{state.label}': releasing resources")
+        return self.on_shutdown(state)
+
+    def _release(self) -> None:
+        """Stops inference and frees the model; safe to call in any state, twice."""
+        self._active = False
+        if self.worker is not None:
+            self.worker.stop(INFERENCE_STOP_TIMEOUT_S)
+            self.worker = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+        for owner in (self.geometry_publisher, self.scale_input):
+            if owner is not None:
+                owner.destroy()
+        self.geometry_publisher = self.scale_input = None
+        if self.scale_publisher is not None:
+            self.destroy_publisher(self.scale_publisher)
+            self.scale_publisher = None
+        if self.tf_input is not None:
+            self.tf_input.destroy()
+            self.tf_input = None
+        self.assembler = None
+        with self._snapshot_lock:
+            self._snapshot = None
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # hand cached blocks back so other processes see the memory free
+
+    def autostart(self) -> None:
+        """configure + activate, as `autostart: true` asks; failures are logged and leave the node up."""
+        if not self.config.autostart:
+            self.get_logger().info("autostart is false: waiting for lifecycle transitions (configure, activate)")
+            return
+        if self.trigger_configure() == SUCCESS:
+            self.trigger_activate()
+
+    def _on_parameters_changed(self) -> None:
+        self._rate_limiter.set_rate(self.config.max_rate_hz)
+        with self._window_lock:
+            if self.assembler is not None:
+                self.assembler.policy = self._window_policy()
+
+    def _window_policy(self) -> WindowPolicy:
         config = self.config
-        request = BackendRequest(config.backend, config.checkpoint_path, config.engine_dir, config.device,
-                                 config.precision, config.cuda_graphs, config.allow_engine_rebuild)
-        self.get_logger().info(f"loading backend '{config.backend}' ...")
-        try:
-            backend = create_backend(request)
-        except BackendUnavailableError as error:
-            self.backend_error = str(error)
-            self.get_logger().error(f"no model loaded, no geometry will be published: {error}")
+        return WindowPolicy(
+            window_size=config.window_size, sync_slop_s=config.sync_slop_s,
+            keyframe_min_interval_s=config.keyframe_min_interval_s,
+            keyframe_min_motion_m=config.keyframe_min_motion_m,
+            keyframe_min_rotation_deg=config.keyframe_min_rotation_deg,
+            keyframe_min_image_change=config.keyframe_min_image_change,
+        )
+
+    def _first_camera_motion(self, previous: list[Frame], candidate: list[Frame]) -> Optional[tuple[float, float]]:
+        """(metres, degrees) the first camera moved between two keyframe sets, from TF in odom_frame."""
+        if self.tf_input is None:
             return None
-        self.get_logger().info(f"backend ready: {backend.describe()}")
-        if backend.is_placeholder:
-            self.get_logger().warning(
-                f"backend '{backend.name}' is a geometry-free TEST PLACEHOLDER, not G2VLM: its depth, poses "
-                "and points are synthetic and must not be used by a robot")
-        return backend
+        try:
+            before, after = (self.tf_input.lookup(self.config.odom_frame, frames[0].header.frame_id, frames[0].stamp_ns)
+                             for frames in (previous, candidate))
+        except TransformUnavailable:
+            return None
+        relative = np.linalg.inv(before) @ after
+        return float(np.linalg.norm(relative[:3, 3])), rotation_angle_deg(relative[:3, :3])
 
     # ---------------------------------------------------------------- input
     def _log_bad_input(self, camera: str, reason: str) -> None:
@@ -150,47 +293,75 @@ class PerceptionNode(Node):
             self._log_bad_input(state.config.name, problem)
 
     def _on_image(self, state: CameraInput, msg) -> None:
+        if not self._active:
+            return
         try:
-            state.accept(msg)
+            frame = state.accept(msg, with_thumbnail=self.config.keyframe_min_image_change > 0)
         except ImageConversionError as error:
             self._log_bad_input(state.config.name, str(error))
             return
-        if self.backend is not None:
-            self._maybe_submit_window()
-
-    def _maybe_submit_window(self) -> None:
-        """Submits a window once every camera has a new frame, at most max_rate_hz times a second."""
         with self._window_lock:
-            size = self.config.window_size
-            per_camera = [state.take_window_frames(size) for state in self.inputs.values()]
-            if any(frames is None for frames in per_camera) or not self._rate_limiter.admit(time.monotonic()):
+            if self.assembler is None:
                 return
-            for state in self.inputs.values():
-                state.mark_used()
-        self.worker.submit(Window([frame for frames in per_camera for frame in frames]))
+            self.assembler.add(frame)
+            window = self.assembler.poll()
+            if window is None:
+                return
+            if not self._rate_limiter.admit(time.monotonic()):
+                self.windows_rate_limited += 1
+                return
+        worker = self.worker
+        if worker is not None:
+            worker.submit(window)
 
     # ---------------------------------------------------------------- inference (worker thread)
-    def _infer(self, window: Window) -> None:
-        result = self.backend.run([frame.rgb for frame in window.frames])
+    def _infer(self, window: Window[Frame]) -> None:
+        backend = self.backend
+        if backend is None or not self._active:
+            return
+        result = backend.run([frame.rgb for frame in window.frames])
         result.validate()
         if result.num_views != len(window.frames):
             raise ValueError(f"backend returned {result.num_views} views for {len(window.frames)} images")
-        self.geometry_publisher.publish(window.frames, result, self._output_settings())
+        scale_input, publisher = self.scale_input, self.geometry_publisher
+        if not self._active or scale_input is None or publisher is None:
+            return  # deactivated while the model ran: publish nothing
+        scale = scale_input.measure(window.frames, result)
+        publisher.publish(window.frames, result, self._output_settings(window, result, scale))
+        self._publish_scale(window, scale)
         with self._snapshot_lock:
-            self._snapshot = Snapshot(window, result)
+            self._snapshot = Snapshot(window, result, scale)
 
-    def _on_inference_error(self, window: Window, error: BaseException) -> None:
+    def _on_inference_error(self, window: Window[Frame], error: BaseException) -> None:
         self.get_logger().error(f"inference failed on a window of {len(window.frames)} frames: "
                                 f"{type(error).__name__}: {error}", throttle_duration_sec=LOG_THROTTLE_S)
 
-    def _output_settings(self) -> OutputSettings:
-        values = self.config
+    def _output_settings(self, window: Window[Frame], result: GeometryResult, scale: ScaleEstimate) -> OutputSettings:
+        config = self.config
+        odom_from_world = None
+        if scale.valid and config.scale_source == "tf" and self.scale_input is not None:
+            odom_from_world = self.scale_input.odom_from_world(window.frames, result, scale.metres_per_unit)
         return OutputSettings(
-            world_frame=values.world_frame,
-            metres_per_unit=values.fixed_scale if values.scale_source == "fixed" else None,
-            cloud_stride=values.cloud_stride,
-            confidence_threshold=values.confidence_threshold,
+            world_frame=config.world_frame,
+            metres_per_unit=scale.metres_per_unit,
+            cloud_stride=config.cloud_stride,
+            confidence_threshold=config.confidence_threshold,
+            voxel_size=config.voxel_size,
+            withhold_geometry=scale.metric_expected and not scale.valid,
+            odom_frame=config.odom_frame,
+            odom_from_world=odom_from_world,
         )
+
+    def _publish_scale(self, window: Window[Frame], scale: ScaleEstimate) -> None:
+        newest = max(window.frames, key=lambda frame: frame.stamp_ns)
+        msg = MetricScale(header=Header(stamp=newest.header.stamp, frame_id=self.config.world_frame),
+                          source=scale.source, valid=scale.valid,
+                          metres_per_unit=scale.metres_per_unit if scale.valid else math.nan,
+                          residual_m=scale.residual_m, samples=scale.samples, age_s=scale.age_s,
+                          fits_total=scale.fits_total, failures_total=scale.failures_total, status=scale.status)
+        publisher = self.scale_publisher
+        if publisher is not None:
+            publisher.publish(msg)
 
     # ---------------------------------------------------------------- /g2vlm/ask
     def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
@@ -198,16 +369,18 @@ class PerceptionNode(Node):
         with self._snapshot_lock:
             snapshot = self._snapshot
         if snapshot is not None:
-            newest = max((frame.header.stamp for frame in snapshot.window.frames), key=stamp_key)
-            response.stamp = newest
+            newest = max(snapshot.window.frames, key=lambda frame: frame.stamp_ns)
+            response.stamp = newest.header.stamp
             response.frame_id = self.config.world_frame
         try:
             question = check_question(request.question, self.config.max_question_bytes)
             cameras = check_cameras(list(request.cameras), self.camera_names)
             timeout_s = effective_timeout(request.timeout_s, self.config.ask_timeout_s)
             if snapshot is None:
-                raise QuestionError("no perception window has been processed yet"
-                                    + ("" if self.backend else f" (no model loaded: {self.backend_error})"))
+                reason = "" if self.backend else f" (no model loaded: {self.backend_error})"
+                if self.backend and not self._active:
+                    reason = f" (node is {self.state_label}: activate it)"
+                raise QuestionError("no perception window has been processed yet" + reason)
             if self.answerer is None:
                 raise QuestionError(no_answerer_error())
             answer = self.answerer.answer(question, cameras, snapshot, timeout_s)
@@ -226,46 +399,18 @@ class PerceptionNode(Node):
 
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
-        hardware_id = self.get_fully_qualified_name()
-        model = StatusBuilder(f"{NODE_NAME}: model", hardware_id)
-        if self.backend is None:
-            model.set(ERROR, f"no model loaded: {self.backend_error}")
-        else:
-            model.add("backend", self.backend.describe()).add("precision", self.backend.precision)
-            if self.backend.is_placeholder:
-                model.set(WARN, "test placeholder backend: outputs are not geometry")
-        worker = self.worker
-        p50, p95 = worker.latency_percentiles_ms()
-        inference = StatusBuilder(f"{NODE_NAME}: inference", hardware_id)
-        inference.add("windows_submitted", worker.submitted).add("windows_processed", worker.processed)
-        inference.add("windows_dropped", worker.dropped).add("windows_failed", worker.failed)
-        inference.add("latency_p50_ms", p50).add("latency_p95_ms", p95)
-        inference.add("scale_source", self.config.scale_source)
-        inference.add("units", "metres" if self.config.scale_source != "none" else "relative (up to scale)")
-        inference.add("tf_output", self.tf_output.mode)
-        if worker.failed:
-            inference.set(WARN, f"{worker.failed} window(s) failed")
-        statuses = [model, inference]
-        for name, state in self.inputs.items():
-            camera = StatusBuilder(f"{NODE_NAME}: camera {name}", hardware_id)
-            camera.add("topic", state.config.image_topic).add("rate_hz", state.rate_hz())
-            camera.add("frames_received", state.received).add("frames_rejected", state.rejected)
-            camera.add("camera_info", "received" if state.camera_info else "none (model intrinsics)")
-            if state.last_error:
-                camera.add("last_error", state.last_error)
-                camera.set(WARN, state.last_error)
-            elif state.received == 0:
-                camera.set(WARN, "no images received")
-            statuses.append(camera)
+        try:
+            statuses = node_statuses(self)
+        except Exception as error:  # a diagnostics bug must not stop the executor, and with it the node
+            self.get_logger().error(f"diagnostics failed: {type(error).__name__}: {error}",
+                                    throttle_duration_sec=LOG_THROTTLE_S)
+            return
         self.diagnostics_publisher.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     def destroy_node(self) -> None:
         # getattr: also called by rclpy's shutdown on a node whose __init__ failed half-way
-        worker, backend = getattr(self, "worker", None), getattr(self, "backend", None)
-        if worker is not None:
-            worker.stop()
-        if backend is not None:
-            backend.close()
+        if getattr(self, "_transition_lock", None) is not None:
+            self._release()
         super().destroy_node()
 
 
@@ -279,6 +424,11 @@ def main(args: Optional[list[str]] = None) -> int:
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
+        node.autostart()
+        node.get_logger().info(
+            f"ready: state {node.state_label}, cameras {node.camera_names}, backend "
+            f"{node.backend.describe() if node.backend else 'none'}, scale {node.config.scale_source}, "
+            f"world frame '{node.config.world_frame}'")
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

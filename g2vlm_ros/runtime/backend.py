@@ -94,6 +94,10 @@ class GeometryBackend(abc.ABC):
     def describe(self) -> str:
         return f"{self.name} ({self.precision})"
 
+    def details(self) -> dict[str, str]:
+        """Extra facts for diagnostics (device, engine keys, providers); empty by default."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook; backends without device memory keep it
         """Releases device memory; the backend is unusable afterwards."""
 

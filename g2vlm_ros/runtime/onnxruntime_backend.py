@@ -62,6 +62,10 @@ class OnnxRuntimeBackend(NetworkBackend):
     def describe(self) -> str:
         return f"onnxruntime [{', '.join(self.providers)}] ({self.precision})"
 
+    def details(self) -> dict[str, str]:
+        return {"providers": ", ".join(self.providers),
+                "graphs": ", ".join(str(manifest.get("onnx_file", "")) for manifest in self.exports.values())}
+
     def _session(self, bucket: Bucket):
         if bucket not in self._sessions:
             manifest = self.exports.get(bucket)

@@ -7,9 +7,13 @@
   3. torch       - the checkpoint folder loads (on `device`, falling back to the CPU without CUDA).
 It never picks the `test_pattern` placeholder: a user who asks for a model gets a model or a clear
 error listing why each backend was not usable.
+
+`plugin:<module>:<Class>` loads a GeometryBackend subclass from an importable module of the user's
+(constructed with the BackendRequest), for models or runtimes this package does not ship.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +25,7 @@ from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend
 MODEL_BACKENDS = ("tensorrt", "onnxruntime", "torch")
 BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + ("test_pattern",)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PLUGIN_PREFIX = "plugin:"
 
 
 def default_engine_dir() -> Path:
@@ -74,8 +79,24 @@ def _create_model_backend(name: str, request: BackendRequest) -> GeometryBackend
                            allow_rebuild=request.allow_engine_rebuild)
 
 
+def _create_plugin_backend(request: BackendRequest) -> GeometryBackend:
+    spec = request.backend[len(PLUGIN_PREFIX):]
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise BackendUnavailableError(f"backend '{request.backend}' must read plugin:<module>:<Class>")
+    try:
+        backend_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise BackendUnavailableError(f"backend plugin '{spec}' cannot be loaded: {error}") from error
+    if not (isinstance(backend_class, type) and issubclass(backend_class, GeometryBackend)):
+        raise BackendUnavailableError(f"backend plugin '{spec}' is not a GeometryBackend subclass")
+    return backend_class(request)
+
+
 def create_backend(request: BackendRequest) -> GeometryBackend:
     """Returns a ready backend or raises BackendUnavailableError naming every reason."""
+    if request.backend.startswith(PLUGIN_PREFIX):
+        return _create_plugin_backend(request)
     if request.backend not in BACKEND_CHOICES:
         raise BackendUnavailableError(
             f"unknown backend '{request.backend}'; choose one of {', '.join(BACKEND_CHOICES)}"

@@ -106,6 +106,10 @@ class TensorRTBackend(NetworkBackend):
     def describe(self) -> str:
         return f"tensorrt ({self.flavour} {self.version}, {self.compute_capability}, {self.precision})"
 
+    def details(self) -> dict[str, str]:
+        return {"device": str(self.device), "engine_dir": str(self.engine_dir),
+                "engine_keys": ", ".join(key.file_stem() for key in self.keys.values())}
+
     def _load(self, bucket: Bucket) -> LoadedEngine:
         key = self.keys.get(bucket)
         if key is None:

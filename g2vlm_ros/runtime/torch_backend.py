@@ -110,6 +110,9 @@ class TorchBackend(NetworkBackend):
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({self.precision})"
 
+    def details(self) -> dict[str, str]:
+        return {"device": str(self.device), "mode": self.name}
+
     def _network(self, bucket: Bucket):
         network = GeometryGraph(self.model, bucket, self.prefix_token_ids, self.special_token_ids).eval()
         if self.compile:

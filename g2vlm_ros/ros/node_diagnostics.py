@@ -1,0 +1,101 @@
+"""The perception node's /diagnostics content: model, inference, scale and one status per camera.
+
+Kept apart from the node so that what an operator sees in rqt_runtime_monitor is readable in one place.
+"""
+from __future__ import annotations
+
+from g2vlm_ros.ros.diagnostics import ERROR, WARN, StatusBuilder, gpu_memory
+
+
+def node_statuses(node) -> list[StatusBuilder]:
+    """Statuses of a PerceptionNode (read without locks: counters are monotonic ints)."""
+    name, hardware_id = "g2vlm", node.get_fully_qualified_name()
+    return [_model(node, name, hardware_id), _inference(node, name, hardware_id),
+            _scale(node, name, hardware_id)] + _cameras(node, name, hardware_id)
+
+
+def _model(node, name: str, hardware_id: str) -> StatusBuilder:
+    model = StatusBuilder(f"{name}: model", hardware_id)
+    model.add("lifecycle_state", node.state_label)
+    backend = node.backend
+    if backend is None:
+        model.set(ERROR, f"no model loaded: {node.backend_error}")
+    else:
+        model.add("backend", backend.describe()).add("precision", backend.precision)
+        for key, value in backend.details().items():
+            model.add(key, value)
+        if backend.is_placeholder:
+            model.set(WARN, "test placeholder backend: outputs are not geometry")
+    for key, value in gpu_memory().items():
+        model.add(key, value)
+    return model
+
+
+def _inference(node, name: str, hardware_id: str) -> StatusBuilder:
+    inference = StatusBuilder(f"{name}: inference", hardware_id)
+    inference.add("lifecycle_state", node.state_label)
+    worker, assembler = node.worker, node.assembler
+    if worker is not None:
+        p50, p95 = worker.latency_percentiles_ms()
+        inference.add("windows_submitted", worker.submitted).add("windows_processed", worker.processed)
+        inference.add("windows_dropped", worker.dropped).add("windows_failed", worker.failed)
+        inference.add("latency_p50_ms", p50).add("latency_p95_ms", p95)
+        if worker.failed:
+            inference.set(WARN, f"{worker.failed} window(s) failed")
+    inference.add("windows_rate_limited", node.windows_rate_limited)
+    if assembler is not None:
+        inference.add("window_size", assembler.policy.window_size)
+        stats = assembler.stats
+        inference.add("synchronized_sets", stats.sets_matched).add("keyframes", stats.keyframes)
+        inference.add("frames_unmatched", stats.frames_unmatched).add("frames_out_of_order", stats.out_of_order)
+        if node.config.odom_frame:
+            inference.add("keyframe_motion_unknown", stats.motion_unknown)
+    inference.add("tf_output", node.tf_output.mode)
+    if node.tf_input is not None:
+        inference.add("tf_input", node.tf_input.mode)
+    if node.state_label != "active":
+        inference.set(WARN, f"node is {node.state_label}: no camera input is processed")
+    return inference
+
+
+def _scale(node, name: str, hardware_id: str) -> StatusBuilder:
+    status = StatusBuilder(f"{name}: scale", hardware_id)
+    source = node.config.scale_source
+    status.add("scale_source", source)
+    scale_input = node.scale_input
+    if scale_input is None:
+        status.add("units", "n/a (not configured)")
+        return status
+    estimate = scale_input.tracker.latest
+    status.add("units", "metres" if estimate.valid else "relative (up to scale)")
+    status.add("metres_per_unit", estimate.metres_per_unit if estimate.valid else "none")
+    status.add("residual_m", estimate.residual_m).add("samples", estimate.samples).add("age_s", estimate.age_s)
+    status.add("fits", estimate.fits_total).add("failures", estimate.failures_total)
+    status.add("status", estimate.status)
+    if source == "depth_topic":
+        status.add("depth_images_received", scale_input.depth_received)
+    if source == "none":
+        status.set(status.level, "relative outputs (scale_source none)")
+    elif not estimate.valid:
+        status.set(WARN, f"no metric scale: {estimate.status}; only relative depth is published")
+    elif estimate.age_s > 0:
+        status.set(WARN, estimate.status)
+    else:
+        status.set(status.level, f"{estimate.metres_per_unit:.4g} m per unit from {source}")
+    return status
+
+
+def _cameras(node, name: str, hardware_id: str) -> list[StatusBuilder]:
+    statuses = []
+    for camera_name, state in node.inputs.items():
+        camera = StatusBuilder(f"{name}: camera {camera_name}", hardware_id)
+        camera.add("topic", state.config.image_topic).add("rate_hz", state.rate_hz())
+        camera.add("frames_received", state.received).add("frames_rejected", state.rejected)
+        camera.add("camera_info", "received" if state.camera_info else "none (model intrinsics)")
+        if state.last_error:
+            camera.add("last_error", state.last_error)
+            camera.set(WARN, state.last_error)
+        elif state.received == 0 and node.state_label == "active":
+            camera.set(WARN, "no images received")
+        statuses.append(camera)
+    return statuses

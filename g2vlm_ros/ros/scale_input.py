@@ -1,0 +1,150 @@
+"""Measures the metric scale of each inference window from the configured source.
+
+  tf           predicted camera centres of the window vs TF positions of the same optical frames in
+               odom_frame at the images' stamps (similarity fit; needs motion or several cameras)
+  rig          predicted distance between the first two cameras vs their distance on TF (static
+               extrapolation-free lookup at the latest time: rigs do not deform)
+  depth_topic  predicted depth of one camera vs a metric depth image of the same pixels (nearest in time)
+
+The geometry is in g2vlm_ros.geometry.scale, the hold/expiry policy in runtime.scale_tracker; this
+module gathers the measurements from ROS (TF, the depth topic) and hands back a ScaleEstimate.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from g2vlm_ros.geometry.pinhole import resize_nearest
+from g2vlm_ros.geometry.scale import (
+    ScaleFit,
+    ScaleUnavailable,
+    scale_from_baselines,
+    scale_from_depth,
+    scale_from_trajectories,
+)
+from g2vlm_ros.geometry.tf_buffer import TransformUnavailable
+from g2vlm_ros.ros.camera_input import Frame, stamp_ns
+from g2vlm_ros.ros.conversions import ImageConversionError, depth_image_to_metres
+from g2vlm_ros.ros.tf_input import TfInput
+from g2vlm_ros.runtime.backend import GeometryResult
+from g2vlm_ros.runtime.scale_tracker import ScaleEstimate, ScaleTracker
+
+DEPTH_HISTORY = 30  # depth images kept for matching by stamp (1 s at 30 Hz)
+
+
+class ScaleInput:
+    def __init__(self, node: Node, config, cameras: list[str], tf_input: Optional[TfInput], qos,
+                 callback_group=None):
+        self.node = node
+        self.config = config
+        self.cameras = cameras
+        self.tf_input = tf_input
+        self.tracker = ScaleTracker(config.scale_source, config.fixed_scale, config.scale_max_age_s)
+        self._depth_images: deque[tuple[int, Image]] = deque(maxlen=DEPTH_HISTORY)
+        self._depth_lock = threading.Lock()
+        self.depth_received = 0
+        self._subscription = None
+        if config.scale_source == "depth_topic":
+            self._subscription = node.create_subscription(Image, config.scale_depth_topic, self._on_depth, qos,
+                                                          callback_group=callback_group)
+
+    def destroy(self) -> None:
+        if self._subscription is not None:
+            self.node.destroy_subscription(self._subscription)
+            self._subscription = None
+
+    def _on_depth(self, msg: Image) -> None:
+        with self._depth_lock:
+            self.depth_received += 1
+            self._depth_images.append((stamp_ns(msg.header.stamp), msg))
+
+    def measure(self, frames: list[Frame], result: GeometryResult) -> ScaleEstimate:
+        """The scale that applies to this window (see ScaleTracker for holding and expiry)."""
+        tracker = self.tracker
+        tracker.fixed_scale, tracker.max_age_s = self.config.fixed_scale, self.config.scale_max_age_s
+        if not tracker.measured:
+            return tracker.fixed()
+        now = time.monotonic()
+        try:
+            fit = self._fit(frames, result)
+        except (ScaleUnavailable, TransformUnavailable, ImageConversionError) as error:
+            return tracker.add_failure(str(error), now)
+        return tracker.add_fit(fit, now)
+
+    def _fit(self, frames: list[Frame], result: GeometryResult) -> ScaleFit:
+        centres = result.camera_to_world[:, :3, 3].detach().double().cpu().numpy()
+        source = self.config.scale_source
+        if source == "tf":
+            return self._fit_tf(frames, centres)
+        if source == "rig":
+            return self._fit_rig(frames, centres)
+        return self._fit_depth(frames, result)
+
+    def _lookup(self, target: str, source: str, stamp: int) -> np.ndarray:
+        if self.tf_input is None:
+            raise TransformUnavailable("no TF input")
+        return self.tf_input.lookup(target, source, stamp)
+
+    def _fit_tf(self, frames: list[Frame], centres: np.ndarray) -> ScaleFit:
+        measured = np.full_like(centres, np.nan)
+        missing = ""
+        for index, frame in enumerate(frames):
+            try:
+                pose = self._lookup(self.config.odom_frame, frame.header.frame_id, frame.stamp_ns)
+                measured[index] = pose[:3, 3]
+            except TransformUnavailable as error:
+                missing = str(error)
+        if np.isfinite(measured).all(axis=1).sum() < 2:
+            raise ScaleUnavailable(f"fewer than two views have a TF pose in '{self.config.odom_frame}'"
+                                   + (f": {missing}" if missing else ""))
+        return scale_from_trajectories(centres, measured)
+
+    def _fit_rig(self, frames: list[Frame], centres: np.ndarray) -> ScaleFit:
+        first, second = self.cameras[0], self.cameras[1]
+        index_a = [i for i, frame in enumerate(frames) if frame.camera == first]
+        index_b = [i for i, frame in enumerate(frames) if frame.camera == second]
+        # windows are camera-major with one synchronized set per keyframe, so the k-th frames pair up
+        frame_a, frame_b = frames[index_a[-1]], frames[index_b[-1]]
+        baseline = self._lookup(frame_a.header.frame_id, frame_b.header.frame_id, 0)[:3, 3]
+        return scale_from_baselines(centres[index_a], centres[index_b], float(np.linalg.norm(baseline)))
+
+    def _fit_depth(self, frames: list[Frame], result: GeometryResult) -> ScaleFit:
+        camera = self.config.scale_depth_camera
+        index = max((i for i, frame in enumerate(frames) if frame.camera == camera), key=lambda i: frames[i].stamp_ns)
+        target = frames[index].stamp_ns
+        with self._depth_lock:
+            candidates = list(self._depth_images)
+        if not candidates:
+            raise ScaleUnavailable(f"no depth image received on '{self.config.scale_depth_topic}'")
+        stamp, msg = min(candidates, key=lambda item: abs(item[0] - target))
+        offset_s = abs(stamp - target) * 1e-9
+        if offset_s > max(self.config.sync_slop_s, 1e-3):
+            raise ScaleUnavailable(f"no depth image within sync_slop_s of the '{camera}' image "
+                                   f"(nearest is {offset_s:.3f} s away)")
+        metric = depth_image_to_metres(msg)
+        predicted = resize_nearest(result.depth[index].float(), metric.shape[1], metric.shape[0]).cpu().numpy()
+        return scale_from_depth(metric, predicted)
+
+    def odom_from_world(self, frames: list[Frame], result: GeometryResult, metres_per_unit: float
+                        ) -> Optional[np.ndarray]:
+        """For scale_source tf: odom_T_world placing this window's (scaled) world frame in odom_frame.
+
+        Anchored on the newest frame of the first camera, so that its published pose agrees with TF
+        exactly at the moment that matters most for the robot: now.
+        """
+        candidates = [i for i, frame in enumerate(frames) if frame.camera == self.cameras[0]]
+        index = max(candidates, key=lambda i: frames[i].stamp_ns)
+        try:
+            odom_from_camera = self._lookup(self.config.odom_frame, frames[index].header.frame_id,
+                                            frames[index].stamp_ns)
+        except TransformUnavailable:
+            return None
+        world_from_camera = result.camera_to_world[index].detach().double().cpu().numpy().copy()
+        world_from_camera[:3, 3] *= metres_per_unit
+        return odom_from_camera @ np.linalg.inv(world_from_camera)
