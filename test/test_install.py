@@ -90,3 +90,17 @@ def test_colcon_builds_both_packages(tmp_path):
     assert (install / "g2vlm_ros" / "share" / "g2vlm_ros" / "launch" / "perception.launch.py").is_file()
     assert (install / "g2vlm_ros" / "share" / "ament_index" / "resource_index" / "packages" / "g2vlm_ros").is_file()
     assert list((install / "g2vlm_interfaces").rglob("_ask.py")), "generated Ask module missing"
+
+
+def test_params_file_lists_every_parameter_with_its_default():
+    import yaml
+
+    from g2vlm_ros.ros.params import PARAMETERS
+
+    values = yaml.safe_load((REPO / "config" / "g2vlm.yaml").read_text())["/**"]["ros__parameters"]
+    for spec in PARAMETERS:
+        assert spec.name in values, f"config/g2vlm.yaml does not list '{spec.name}'"
+        assert values[spec.name] == spec.default, f"'{spec.name}': file {values[spec.name]!r}, code {spec.default!r}"
+    camera_keys = {"image_topic", "camera_info_topic", "transport", "frame_id"}
+    assert set(values["camera"]) == camera_keys
+    assert set(values) == {spec.name for spec in PARAMETERS} | {"camera"}, "unknown parameters in the file"

@@ -43,7 +43,7 @@ def test_tf_scale_recovers_the_true_scale_and_places_the_world_in_odom(start_nod
     cameras = names(1)
     speed = 0.04  # metres per frame at 10 Hz
     start_node(backend=SCENE_BACKEND, cameras=cameras, scale_source="tf", odom_frame="odom", window_size=4,
-               keyframe_min_interval_s=0.15, extra_env=scene_env(tf2_msgs_env, speed_m=speed))
+               keyframe_min_motion_m=0.07, extra_env=scene_env(tf2_msgs_env, speed_m=speed))
     scale = ros_client.collect(MetricScale, "/g2vlm/scale")
     depth = ros_client.collect(Image, f"/g2vlm/{cameras[0]}/depth")
     path = ros_client.collect(Path, "/g2vlm/path")
@@ -55,7 +55,7 @@ def test_tf_scale_recovers_the_true_scale_and_places_the_world_in_odom(start_nod
     assert fit.residual_m < 0.01 and fit.samples == 4 and fit.age_s == 0.0
     assert fit.header.frame_id == "g2vlm_world"
     np.testing.assert_allclose(image_to_numpy_float(depth[-1]), PLANE_DEPTH_M, rtol=0.02)
-    # three keyframes >= 0.15 s (2 frames) apart, then the present frame: the path spans >= 5 frames, in metres
+    # three keyframes >= 0.07 m (2 frames) apart by TF, then the present frame: the path spans >= 5 frames
     poses = path[-1].poses
     assert len(poses) == 4 and poses[-1].pose.position.x - poses[0].pose.position.x >= 5 * speed * 0.98
     # odom -> world: the world origin is the window's first camera position, expressed in odom

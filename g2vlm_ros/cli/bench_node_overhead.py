@@ -3,10 +3,10 @@
   bench_node_overhead --cameras 1 4 --windows 50
 
 Per window it runs the node's own code on real messages: Image -> RGB conversion and checks
-(CameraInput.accept), preprocessing to the model input (prepare_images), then, with the model's
-output replaced by a precomputed result of the right shape, everything the node does after
-inference (GeometryPublisher.publish: depth resampled to the camera, camera_info, pose, TF list,
-cloud selection and packing, rclpy publish). Prints ms per view (median over windows) and the
+(CameraInput.accept), time alignment and keyframing (WindowAssembler), preprocessing to the model
+input (prepare_images), then, with the model's output replaced by a precomputed result of the right
+shape, everything the node does after inference (GeometryPublisher.publish: depth resampled to the
+camera, camera_info, pose, PoseArray, Path, TF list, cloud selection and packing, rclpy publish). Prints ms per view (median over windows) and the
 ratio to a plain memcpy of the bytes those messages carry, measured in the same run.
 """
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from g2vlm_ros.ros.params import CameraConfig
     from g2vlm_ros.ros.tf_output import TfOutput
     from g2vlm_ros.runtime.preprocess import prepare_images
+    from g2vlm_ros.runtime.windowing import WindowAssembler, WindowPolicy
 
     rclpy.init()
     node = rclpy.create_node("g2vlm_overhead_bench")
@@ -68,7 +69,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     for cameras in args.cameras:
         names = [f"cam{i}" for i in range(cameras)]
-        inputs = [CameraInput(CameraConfig(n, f"/{n}/image_raw", "", "raw", ""), 1) for n in names]
+        inputs = [CameraInput(CameraConfig(n, f"/{n}/image_raw", "", "raw", "")) for n in names]
+        assembler = WindowAssembler(names, WindowPolicy(window_size=1))
         publisher = GeometryPublisher(node, names, False, QoSProfile(depth=5), TfOutput(node, False))
         messages = [numpy_to_image(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8), "rgb8",
                                    Header(frame_id=f"{n}_optical")) for n in names]
@@ -83,8 +85,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         publisher.points.publish = counting_publish
         samples = []
         for window in range(args.warmup + args.windows):
+            for msg in messages:  # a new capture time per window, shared by the cameras
+                msg.header.stamp.sec = window + 1
             start = time.perf_counter()
-            frames = [state.accept(msg) for state, msg in zip(inputs, messages, strict=True)]
+            for state, msg in zip(inputs, messages, strict=True):
+                assembler.add(state.accept(msg))
+            frames = assembler.poll().frames
             prepare_images([frame.rgb for frame in frames], __import__("torch").device("cpu"))
             publisher.publish(frames, result, settings)
             if window >= args.warmup:
