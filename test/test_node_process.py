@@ -302,3 +302,33 @@ def test_runtime_parameter_changes_are_validated(start_node, ros_client, camera)
     assert not set_parameter("cloud_stride", {"type": ParameterType.PARAMETER_INTEGER, "integer_value": 0}).successful
     result = set_parameter("backend", {"type": ParameterType.PARAMETER_STRING, "string_value": "torch"})
     assert not result.successful and "read-only" in result.reason.lower()
+
+
+def test_raw_and_compressed_cameras_form_keyframe_windows(start_node, ros_client):
+    """Two cameras (one JPEG), two keyframes each: one window of 4 views, camera-major, time-ordered."""
+    import io
+
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+
+    raw, jpeg = f"r{uuid.uuid4().hex[:6]}", f"j{uuid.uuid4().hex[:6]}"
+    start_node(backend="test_pattern", cameras=[raw, jpeg], window_size=2, sync_slop_s=0.02,
+               **{f"{jpeg}.transport": "compressed", f"{jpeg}.image_topic": f"/{jpeg}/image/compressed"})
+    pose_array = ros_client.collect(PoseArray, "/g2vlm/poses")
+    path = ros_client.collect(Path, "/g2vlm/path")
+    raw_pub = ros_client.node.create_publisher(Image, f"/{raw}/image_raw", qos_profile_sensor_data)
+    jpeg_pub = ros_client.node.create_publisher(CompressedImage, f"/{jpeg}/image/compressed", qos_profile_sensor_data)
+    encoded = io.BytesIO()
+    PILImage.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(encoded, format="JPEG")
+
+    def publish_pair():
+        header = stamped(ros_client, "opt")  # one capture time for both cameras
+        raw_pub.publish(rgb_image((10, 10, 10), header, width=64, height=48))
+        jpeg_pub.publish(CompressedImage(header=header, format="jpeg", data=encoded.getvalue()))
+
+    wait_until(lambda: pose_array and path, 20, "no window from a raw and a compressed camera", action=publish_pair,
+               period_s=0.1)
+    # the placeholder puts view i at x = 0.1 i: views are raw(older, newer), jpeg(older, newer)
+    assert [round(p.position.x, 3) for p in pose_array[-1].poses] == [0.0, 0.1, 0.2, 0.3]
+    stamps = [stamp_of(pose) for pose in path[-1].poses]
+    assert len(stamps) == 2 and stamps[0] < stamps[1], "the path holds the first camera's keyframes in time order"

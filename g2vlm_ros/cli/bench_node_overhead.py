@@ -6,8 +6,9 @@ Per window it runs the node's own code on real messages: Image -> RGB conversion
 (CameraInput.accept), time alignment and keyframing (WindowAssembler), preprocessing to the model
 input (prepare_images), then, with the model's output replaced by a precomputed result of the right
 shape, everything the node does after inference (GeometryPublisher.publish: depth resampled to the
-camera, camera_info, pose, PoseArray, Path, TF list, cloud selection and packing, rclpy publish). Prints ms per view (median over windows) and the
-ratio to a plain memcpy of the bytes those messages carry, measured in the same run.
+camera, camera_info, pose, PoseArray, Path, TF list, cloud selection and packing, rclpy publish).
+Prints ms per view (median over windows) and the ratio to a plain memcpy of the bytes those
+messages carry, measured in the same run.
 """
 from __future__ import annotations
 

@@ -245,7 +245,8 @@ class PerceptionNode(LifecycleNode):
         if not self.config.autostart:
             self.get_logger().info("autostart is false: waiting for lifecycle transitions (configure, activate)")
             return
-        if self.trigger_configure() == SUCCESS:
+        self.trigger_configure()
+        if self.state_label == "inactive":  # our own label: trigger_* return values differ across distros
             self.trigger_activate()
 
     def _on_parameters_changed(self) -> None:
