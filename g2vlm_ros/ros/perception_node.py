@@ -14,6 +14,7 @@ cannot delay message handling, lifecycle transitions or the /g2vlm/ask service.
 """
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import threading
@@ -237,6 +238,7 @@ class PerceptionNode(LifecycleNode):
             self._snapshot = None
         import torch
 
+        gc.collect()  # the model may sit in reference cycles; free it before emptying the cache
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()  # hand cached blocks back so other processes see the memory free
 
