@@ -4,7 +4,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-complete
 SETUP_INPUTS := scripts/setup_env.sh scripts/ament_install.py setup.py setup.cfg package.xml \
-	$(wildcard g2vlm_interfaces/*.txt g2vlm_interfaces/*.xml g2vlm_interfaces/srv/* g2vlm_interfaces/msg/* launch/* config/*)
+	$(wildcard g2vlm_interfaces/*.txt g2vlm_interfaces/*.xml g2vlm_interfaces/srv/* g2vlm_interfaces/msg/* \
+		g2vlm_interfaces/action/* launch/* config/*)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 

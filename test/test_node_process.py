@@ -251,8 +251,12 @@ def test_ask_service_validates_requests_and_never_invents_answers(start_node, ro
     response = ros_client.call(Ask, ask, Ask.Request(question="depth?", timeout_s=-1.0))
     assert not response.success and "timeout_s" in response.error
     response = ros_client.call(Ask, ask, Ask.Request(question="How far is the wall?", cameras=[camera]))
-    assert not response.success and "not available" in response.error
+    assert not response.success and "answers questions of these forms" in response.error
     assert math.isnan(response.value) and response.frame_id == "g2vlm_world" and response.stamp.sec > 0
+    # a grounded form is answered from the same window: the placeholder's depth is 1 + luminance
+    response = ros_client.call(Ask, ask, Ask.Request(question="depth at (320, 240)?", cameras=[camera]))
+    assert response.success and response.unit == "relative"
+    assert response.value == pytest.approx(expected_depth((9, 9, 9)), rel=1e-5)
 
 
 def test_without_a_model_the_node_stays_up_and_says_why(start_node, ros_client, camera):

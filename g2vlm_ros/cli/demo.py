@@ -23,7 +23,7 @@ import numpy as np
 
 REPO_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "arkitscenes"
 CAMERA = "camera"
-QUESTION = "How far is the closest surface in front of the camera?"
+QUESTION = "How much free space is straight ahead of the camera?"  # a form the geometric answerer grounds
 
 
 def isolated_ros_environment() -> dict[str, str]:

@@ -128,6 +128,8 @@ PARAMETERS = (
               "predicts confidence).", read_only=False, float_range=(0.0, 1.0)),
     ParamSpec("max_question_bytes", 4096, "Longest accepted /g2vlm/ask question in UTF-8 bytes.",
               int_range=(1, 1_000_000)),
+    ParamSpec("max_concurrent_questions", 4, "Questions answered at once; more are refused at once (busy), "
+              "so questions never starve perception.", int_range=(1, 64)),
     ParamSpec("ask_timeout_s", 10.0, "Default /g2vlm/ask timeout when the request gives none.",
               read_only=False, float_range=(0.01, 3600.0)),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", float_range=(0.05, 60.0)),

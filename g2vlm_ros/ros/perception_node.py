@@ -25,7 +25,6 @@ from typing import Optional
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -37,14 +36,9 @@ from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.geometry.rotations import rotation_angle_deg
 from g2vlm_ros.geometry.tf_buffer import TransformUnavailable
-from g2vlm_ros.reasoning.question import (
-    QuestionError,
-    SpatialAnswerer,
-    check_cameras,
-    check_question,
-    effective_timeout,
-    no_answerer_error,
-)
+from g2vlm_ros.reasoning.geometric import GeometricAnswerer
+from g2vlm_ros.ros.ask_action import AskActionServer
+from g2vlm_ros.ros.ask_handler import AskHandler
 from g2vlm_ros.ros.camera_input import CameraInput, Frame
 from g2vlm_ros.ros.conversions import ImageConversionError
 from g2vlm_ros.ros.diagnostics import diagnostic_array
@@ -64,6 +58,7 @@ from g2vlm_ros.runtime.worker import LatestOnlyWorker
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0
 MAX_THROTTLE_KEYS = 256
+ASK_QUEUE_DEPTH = 256
 INFERENCE_STOP_TIMEOUT_S = 120.0  # cleanup waits this long for a window in flight (large models on CPUs)
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -86,7 +81,6 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().fatal(f"invalid configuration: {error}")
             raise
         self.camera_names = [camera.name for camera in self.config.cameras]
-        self.answerer: Optional[SpatialAnswerer] = None
         self.state_label = "unconfigured"
         self.backend: Optional[GeometryBackend] = None
         self.backend_error = "not configured yet"
@@ -116,7 +110,14 @@ class PerceptionNode(LifecycleNode):
         self.tf_output = TfOutput(self, self.config.publish_tf)
         if self.config.publish_tf and not self.tf_output.active:
             self.get_logger().warning(f"TF output {self.tf_output.mode}")
-        self.create_service(Ask, "~/ask", self._on_ask, callback_group=ReentrantCallbackGroup())
+        # questions run beside perception: their own callback group, their own answer threads
+        self.ask_handler = AskHandler(self, GeometricAnswerer(), self.config.max_concurrent_questions)
+        ask_group = ReentrantCallbackGroup()
+        # a deep request queue: a burst of questions must reach the node and get an answer or a "busy"
+        # reply; with the default depth of 10 DDS silently drops the excess and clients wait forever
+        self.create_service(Ask, "~/ask", self._on_ask, qos_profile=QoSProfile(depth=ASK_QUEUE_DEPTH,
+                            reliability=ReliabilityPolicy.RELIABLE), callback_group=ask_group)
+        self.ask_action = AskActionServer(self, self.ask_handler.handle, callback_group=ask_group)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
         self.add_on_set_parameters_callback(make_set_parameters_callback(self.config, self._on_parameters_changed))
@@ -367,38 +368,19 @@ class PerceptionNode(LifecycleNode):
             publisher.publish(msg)
 
     # ---------------------------------------------------------------- /g2vlm/ask
-    def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
-        response.value = float("nan")
+    def latest_snapshot(self) -> Optional[Snapshot]:
         with self._snapshot_lock:
-            snapshot = self._snapshot
-        if snapshot is not None:
-            newest = max(snapshot.window.frames, key=lambda frame: frame.stamp_ns)
-            response.stamp = newest.header.stamp
-            response.frame_id = self.config.world_frame
-        try:
-            question = check_question(request.question, self.config.max_question_bytes)
-            cameras = check_cameras(list(request.cameras), self.camera_names)
-            timeout_s = effective_timeout(request.timeout_s, self.config.ask_timeout_s)
-            if snapshot is None:
-                reason = "" if self.backend else f" (no model loaded: {self.backend_error})"
-                if self.backend and not self._active:
-                    reason = f" (node is {self.state_label}: activate it)"
-                raise QuestionError("no perception window has been processed yet" + reason)
-            if self.answerer is None:
-                raise QuestionError(no_answerer_error())
-            answer = self.answerer.answer(question, cameras, snapshot, timeout_s)
-        except QuestionError as error:
-            response.success, response.error = False, str(error)
-            return response
-        except Exception as error:  # an answerer bug must not take the service down
-            self.get_logger().error(f"/g2vlm/ask failed: {type(error).__name__}: {error}")
-            response.success, response.error = False, f"internal error: {type(error).__name__}: {error}"
-            return response
-        response.success = True
-        response.answer, response.reasoning = answer.answer, answer.reasoning
-        response.value, response.unit = float(answer.value), answer.unit
-        response.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in np.asarray(answer.points)]
-        return response
+            return self._snapshot
+
+    def not_ready_reason(self) -> str:
+        if self.backend is None:
+            return f" (no model loaded: {self.backend_error})"
+        if not self._active:
+            return f" (node is {self.state_label}: activate it)"
+        return ""
+
+    def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        return self.ask_handler.handle(request)
 
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
@@ -414,6 +396,8 @@ class PerceptionNode(LifecycleNode):
         # getattr: also called by rclpy's shutdown on a node whose __init__ failed half-way
         if getattr(self, "_transition_lock", None) is not None:
             self._release()
+            self.ask_action.destroy()
+            self.ask_handler.shutdown()
         super().destroy_node()
 
 

@@ -1,0 +1,107 @@
+"""/g2vlm/ask (and the ask_stream action): checks, limits and the answer over the latest window.
+
+Limits keep questions from starving perception: at most `max_concurrent_questions` are answered
+at once (more are refused at once, not queued), each within its timeout (the request's or
+`ask_timeout_s`). Answers run on their own small thread pool, so an executor thread is never
+stuck in a slow answer; a timed-out answer finishes in the background and still holds its slot.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import numpy as np
+from geometry_msgs.msg import Point
+
+from g2vlm_interfaces.srv import Ask
+from g2vlm_ros.reasoning.question import (
+    Answer,
+    QuestionError,
+    SpatialAnswerer,
+    check_cameras,
+    check_question,
+    effective_timeout,
+    no_answerer_error,
+)
+
+Feedback = Callable[[str, str], None]  # (partial answer, stage)
+
+
+class AskHandler:
+    def __init__(self, node, answerer: Optional[SpatialAnswerer], max_concurrent: int):
+        self.node = node
+        self.answerer = answerer
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.max_concurrent = max_concurrent
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="ask")
+        self.answered = self.refused = self.timed_out = self.busy = 0
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def handle(self, request, publish_feedback: Optional[Feedback] = None,
+               is_cancelled: Optional[Callable[[], bool]] = None) -> Ask.Response:
+        """Answers `request` (Ask.Request or an Ask action goal); never raises."""
+        node = self.node
+        response = Ask.Response(value=float("nan"))
+        snapshot = node.latest_snapshot()
+        if snapshot is not None:
+            newest = max(snapshot.window.frames, key=lambda frame: frame.stamp_ns)
+            response.stamp = newest.header.stamp
+            response.frame_id = node.config.world_frame
+        try:
+            question = check_question(request.question, node.config.max_question_bytes)
+            cameras = check_cameras(list(request.cameras), node.camera_names)
+            timeout_s = effective_timeout(float(request.timeout_s), node.config.ask_timeout_s)
+            if snapshot is None:
+                raise QuestionError("no perception window has been processed yet" + node.not_ready_reason())
+            if self.answerer is None:
+                raise QuestionError(no_answerer_error())
+            answer = self._answer_within(question, cameras, snapshot, timeout_s, publish_feedback, is_cancelled)
+        except QuestionError as error:
+            self.refused += 1
+            response.success, response.error = False, str(error)
+            return response
+        except Exception as error:  # an answerer bug must not take the service down
+            node.get_logger().error(f"/g2vlm/ask failed: {type(error).__name__}: {error}")
+            response.success, response.error = False, f"internal error: {type(error).__name__}: {error}"
+            return response
+        self.answered += 1
+        response.success = True
+        response.answer, response.reasoning = answer.answer, answer.reasoning
+        response.value, response.unit = float(answer.value), answer.unit
+        response.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in np.asarray(answer.points)]
+        return response
+
+    def _answer_within(self, question: str, cameras: list[str], snapshot, timeout_s: float,
+                       publish_feedback: Optional[Feedback], is_cancelled: Optional[Callable[[], bool]]) -> Answer:
+        if not self._slots.acquire(blocking=False):
+            self.busy += 1
+            raise QuestionError(f"busy: {self.max_concurrent} questions are being answered "
+                                "(max_concurrent_questions); ask again shortly")
+        try:
+            future = self._pool.submit(self.answerer.answer, question, cameras, snapshot, timeout_s)
+        except RuntimeError as error:  # the pool is shut down: the node is cleaning up
+            self._slots.release()
+            raise QuestionError("the node is shutting down") from error
+        future.add_done_callback(lambda _: self._slots.release())
+        if publish_feedback is not None:
+            publish_feedback("", "grounding")
+        try:
+            # wait in short steps so an action cancel is noticed while the answer is computed
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    return future.result(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+                except concurrent.futures.TimeoutError:
+                    if is_cancelled is not None and is_cancelled():
+                        raise QuestionError("cancelled") from None
+                    if time.monotonic() >= deadline:
+                        self.timed_out += 1
+                        raise QuestionError(f"timed out after {timeout_s:g} s (timeout_s / ask_timeout_s)") from None
+        finally:
+            if publish_feedback is not None:
+                publish_feedback("", "done")
