@@ -12,7 +12,7 @@ Every generated token therefore attends to the geometry tokens of step 2.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -63,9 +63,12 @@ class GenerationConfig:
 @dataclass
 class GenerationResult:
     token_ids: list[int]  # generated tokens; neither the start token nor the stop token
-    stopped_by: str  # "stop_token" or "max_new_tokens"
+    stopped_by: str  # "stop_token", "max_new_tokens" or "interrupted" (on_token returned False)
     text: Optional[str] = None
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # per step, when requested
+
+
+OnToken = Callable[[list[int]], bool]
 
 
 class ChatSession:
@@ -108,7 +111,9 @@ class ChatSession:
 
     @torch.no_grad()
     def generate(self, start_token_id: int, config: GenerationConfig, eos_token_id: int,
-                 keep_logits: bool = False) -> GenerationResult:
+                 keep_logits: bool = False, on_token: Optional[OnToken] = None) -> GenerationResult:
+        """Greedy or sampled decoding; `on_token(tokens so far)` after each token may stop it by returning False
+        (streaming, cancellation, deadlines)."""
         config.validate()
         stop = set(config.stop_token_ids or (eos_token_id,))
         generator = None
@@ -124,6 +129,8 @@ class ChatSession:
             if token in stop:
                 return GenerationResult(generated, "stop_token", logits=logits_log)
             generated.append(token)
+            if on_token is not None and not on_token(generated):
+                return GenerationResult(generated, "interrupted", logits=logits_log)
         return GenerationResult(generated, "max_new_tokens", logits=logits_log)
 
 
@@ -158,7 +165,8 @@ class ChatTokens:
 
 @torch.no_grad()
 def chat_with_geometry(model, geometry_images: torch.Tensor, vision_images: Sequence[VisionInput], tokens: ChatTokens,
-                       config: GenerationConfig, keep_logits: bool = False) -> GenerationResult:
+                       config: GenerationConfig, keep_logits: bool = False,
+                       on_token: Optional[OnToken] = None) -> GenerationResult:
     """Runs steps 1-5 of the module docstring.
 
     geometry_images [N,3,H,W] in [0,1] (see `preprocess`); vision_images: per view
@@ -170,11 +178,11 @@ def chat_with_geometry(model, geometry_images: torch.Tensor, vision_images: Sequ
     for pixel_values, grid_thw in vision_images:
         session.append_vision(pixel_values, grid_thw, tokens.special)
     session.append_text(tokens.question)
-    return session.generate(tokens.start, config, tokens.special["eos_token_id"], keep_logits)
+    return session.generate(tokens.start, config, tokens.special["eos_token_id"], keep_logits, on_token)
 
 
 def chat(model, images: Sequence[np.ndarray], question: str, config: Optional[GenerationConfig] = None,
-         vision_size: Optional[int] = None) -> GenerationResult:
+         vision_size: Optional[int] = None, on_token: Optional[OnToken] = None) -> GenerationResult:
     """Answers `question` about RGB uint8 images, with the model's tokenizer; returns text and ids."""
     from g2vlm_ros.model.preprocess import preprocess
     from g2vlm_ros.model.vision_preprocess import SEMANTIC_IMAGE_SIZE, vision_inputs
@@ -189,6 +197,6 @@ def chat(model, images: Sequence[np.ndarray], question: str, config: Optional[Ge
         pixel_values, grid = vision_inputs([image], size=vision_size or SEMANTIC_IMAGE_SIZE)
         vision.append((pixel_values, grid[0].tolist()))
     tokens = ChatTokens.from_tokenizer(model.tokenizer, question, model.special_token_ids)
-    result = chat_with_geometry(model, preprocess(images), vision, tokens, config)
+    result = chat_with_geometry(model, preprocess(images), vision, tokens, config, on_token=on_token)
     result.text = model.tokenizer.decode(result.token_ids)
     return result

@@ -83,7 +83,10 @@ class AskHandler:
             raise QuestionError(f"busy: {self.max_concurrent} questions are being answered "
                                 "(max_concurrent_questions); ask again shortly")
         try:
-            future = self._pool.submit(self.answerer.answer, question, cameras, snapshot, timeout_s)
+            extras = {}
+            if getattr(self.answerer, "streams", False):  # generation streams text and stops when cancelled
+                extras = {"feedback": publish_feedback, "is_cancelled": is_cancelled}
+            future = self._pool.submit(self.answerer.answer, question, cameras, snapshot, timeout_s, **extras)
         except RuntimeError as error:  # the pool is shut down: the node is cleaning up
             self._slots.release()
             raise QuestionError("the node is shutting down") from error

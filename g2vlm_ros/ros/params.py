@@ -130,6 +130,8 @@ PARAMETERS = (
               int_range=(1, 1_000_000)),
     ParamSpec("max_concurrent_questions", 4, "Questions answered at once; more are refused at once (busy), "
               "so questions never starve perception.", int_range=(1, 64)),
+    ParamSpec("max_answer_tokens", 128, "Most tokens the semantic expert generates for one answer (checkpoints "
+              "with a tokenizer).", read_only=False, int_range=(1, 4096)),
     ParamSpec("ask_timeout_s", 10.0, "Default /g2vlm/ask timeout when the request gives none.",
               read_only=False, float_range=(0.01, 3600.0)),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", float_range=(0.05, 60.0)),

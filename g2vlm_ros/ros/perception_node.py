@@ -36,6 +36,7 @@ from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.geometry.rotations import rotation_angle_deg
 from g2vlm_ros.geometry.tf_buffer import TransformUnavailable
+from g2vlm_ros.reasoning.generative import GenerativeAnswerer
 from g2vlm_ros.reasoning.geometric import GeometricAnswerer
 from g2vlm_ros.ros.ask_action import AskActionServer
 from g2vlm_ros.ros.ask_handler import AskHandler
@@ -139,6 +140,7 @@ class PerceptionNode(LifecycleNode):
                 return FAILURE
             self.backend, self.backend_error = backend, ""
             self.get_logger().info(f"backend ready: {backend.describe()}")
+            self.ask_handler.answerer = self._answerer_for(backend)
             if backend.is_placeholder:
                 self.get_logger().warning(
                     f"backend '{backend.name}' is a geometry-free TEST PLACEHOLDER, not G2VLM: its depth, poses "
@@ -196,6 +198,7 @@ class PerceptionNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock:
             self._release()
+            self.ask_handler.answerer = GeometricAnswerer()  # drops the model reference of a generative answerer
             self.backend_error = "cleaned up (configure to load the model again)"
             self.state_label = "unconfigured"
             self.get_logger().info("cleaned up: model and GPU memory released")
@@ -243,6 +246,15 @@ class PerceptionNode(LifecycleNode):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()  # hand cached blocks back so other processes see the memory free
 
+    def _answerer_for(self, backend: GeometryBackend):
+        """The semantic expert answers when the backend holds a model with a tokenizer; else the geometric one."""
+        model = getattr(backend, "model", None)
+        if model is None or getattr(model, "tokenizer", None) is None:
+            self.get_logger().info("/g2vlm/ask: geometric answerer (documented question forms)")
+            return GeometricAnswerer()
+        self.get_logger().info("/g2vlm/ask: G2VLM's semantic expert, grounded in measured geometry")
+        return GenerativeAnswerer(model, self.config.max_answer_tokens)
+
     def autostart(self) -> None:
         """configure + activate, as `autostart: true` asks; failures are logged and leave the node up."""
         if not self.config.autostart:
@@ -254,6 +266,9 @@ class PerceptionNode(LifecycleNode):
 
     def _on_parameters_changed(self) -> None:
         self._rate_limiter.set_rate(self.config.max_rate_hz)
+        answerer = self.ask_handler.answerer
+        if isinstance(answerer, GenerativeAnswerer):
+            answerer.max_new_tokens = self.config.max_answer_tokens
         with self._window_lock:
             if self.assembler is not None:
                 self.assembler.policy = self._window_policy()
