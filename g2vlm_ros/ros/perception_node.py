@@ -423,7 +423,9 @@ def main(args: Optional[list[str]] = None) -> int:
     except ConfigError:
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)
+    # a question being answered holds an executor thread until its answer is ready: keep enough threads
+    # beyond max_concurrent_questions that camera input, services and timers never wait for answers
+    executor = MultiThreadedExecutor(num_threads=4 + node.config.max_concurrent_questions)
     executor.add_node(node)
     try:
         node.autostart()
