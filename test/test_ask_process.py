@@ -59,17 +59,19 @@ def call(ros_client, question: str, **fields) -> Ask.Response:
 
 STORM = f"""
 import json, sys, time, rclpy
+from rclpy.qos import QoSProfile
 from g2vlm_interfaces.srv import Ask
 rclpy.init()
 node = rclpy.create_node("question_storm")
-client = node.create_client(Ask, "/g2vlm/ask")
+# a burst of 20 needs a response queue deeper than the default 10, or DDS drops responses
+client = node.create_client(Ask, "/g2vlm/ask", qos_profile=QoSProfile(depth=100))
 client.wait_for_service(timeout_sec=10)
 counts = {{"answered": 0, "busy": 0, "other": 0, "values_ok": 0}}
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
     futures = [client.call_async(Ask.Request(question="How far is (0, 0)?")) for _ in range(20)]
     for future in futures:
-        rclpy.spin_until_future_complete(node, future, timeout_sec=20)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=5)
         response = future.result()
         if response is not None and response.success:
             counts["answered"] += 1
