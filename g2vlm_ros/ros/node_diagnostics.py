@@ -11,7 +11,17 @@ def node_statuses(node) -> list[StatusBuilder]:
     """Statuses of a PerceptionNode (read without locks: counters are monotonic ints)."""
     name, hardware_id = "g2vlm", node.get_fully_qualified_name()
     return [_model(node, name, hardware_id), _inference(node, name, hardware_id),
-            _scale(node, name, hardware_id)] + _cameras(node, name, hardware_id)
+            _scale(node, name, hardware_id), _questions(node, name, hardware_id)] + _cameras(node, name, hardware_id)
+
+
+def _questions(node, name: str, hardware_id: str) -> StatusBuilder:
+    handler = node.ask_handler
+    status = StatusBuilder(f"{name}: questions", hardware_id)
+    status.add("answerer", type(handler.answerer).__name__ if handler.answerer else "none")
+    status.add("answered", handler.answered).add("refused", handler.refused)
+    status.add("refused_busy", handler.busy).add("timed_out", handler.timed_out)
+    status.add("max_concurrent_questions", handler.max_concurrent)
+    return status
 
 
 def _model(node, name: str, hardware_id: str) -> StatusBuilder:
