@@ -1,0 +1,80 @@
+"""π³-style training losses for G2VLM's geometry path, invariant to the scene's unknown scale.
+
+The model predicts shape up to scale, so every loss first aligns the prediction's scale to the
+ground truth: the ground truth of each scene is normalised by its mean point distance, and one
+least-squares factor s* per scene maps the predicted local points onto it. With that factor:
+  local   depth-weighted L1 between s* x predicted and true local points (camera frames)
+  global  L1 between s* x predicted global points and true points in the first camera's frame
+  camera  pairwise relative poses: rotation (Frobenius distance) and Huber on s* x translation
+  normal  1 - cosine between normals of the predicted and true local point maps
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossWeights:
+    local: float = 1.0
+    global_points: float = 1.0
+    camera: float = 1.0
+    normal: float = 0.5
+
+
+def local_points_from_depth(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """depth [V,H,W], K [V,3,3] -> camera-frame points [V,H,W,3] (pixel centres at integer coordinates)."""
+    views, height, width = depth.shape
+    rows = torch.arange(height, device=depth.device, dtype=depth.dtype)
+    columns = torch.arange(width, device=depth.device, dtype=depth.dtype)
+    v, u = torch.meshgrid(rows, columns, indexing="ij")
+    fx, fy = intrinsics[:, 0, 0, None, None], intrinsics[:, 1, 1, None, None]
+    cx, cy = intrinsics[:, 0, 2, None, None], intrinsics[:, 1, 2, None, None]
+    return torch.stack(((u - cx) / fx * depth, (v - cy) / fy * depth, depth), dim=-1)
+
+
+def point_normals(points: torch.Tensor) -> torch.Tensor:
+    """Unit normals [V,H-1,W-1,3] of a point map [V,H,W,3] from its right and down neighbours."""
+    right = points[:, :-1, 1:] - points[:, :-1, :-1]
+    down = points[:, 1:, :-1] - points[:, :-1, :-1]
+    return F.normalize(torch.cross(right, down, dim=-1), dim=-1, eps=1e-8)
+
+
+def scene_losses(raw: dict[str, torch.Tensor], poses: torch.Tensor, depth: torch.Tensor, intrinsics: torch.Tensor,
+                 weights: LossWeights) -> dict[str, torch.Tensor]:
+    """Losses of one scene: raw = G2VLM.decode_geometry_raw output for its V views; ground truth
+    camera_to_world [V,4,4], depth [V,H,W], intrinsics [V,3,3]. Returns named scalar losses and 'total'."""
+    from g2vlm_ros.model.heads import pose_matrix
+
+    true_local = local_points_from_depth(depth, intrinsics)
+    world_to_first = torch.linalg.inv(poses[0])
+    relative = world_to_first @ poses  # every camera in the first camera's frame (the model's world)
+    true_global = torch.einsum("vij,vhwj->vhwi", relative[:, :3, :3], true_local) + relative[:, None, None, :3, 3]
+    norm = true_local.norm(dim=-1).mean().clamp_min(1e-6)  # scene scale: mean distance camera -> surface
+    true_local, true_global = true_local / norm, true_global / norm
+    true_translation = relative[:, :3, 3] / norm
+
+    predicted_local = raw["local_points"].float()
+    # least-squares scale aligning the prediction to the normalised truth (kept in the graph, as in π³)
+    scale = (predicted_local * true_local).sum() / (predicted_local * predicted_local).sum().clamp_min(1e-8)
+    aligned_local = scale * predicted_local
+    inverse_depth = 1.0 / true_local[..., 2:].clamp_min(1e-3)
+    local = ((aligned_local - true_local).abs() * inverse_depth).mean()
+    global_points = (scale * raw["global_points"].float() - true_global).abs().mean()
+
+    predicted_poses = pose_matrix(raw["rotation_raw"], raw["translation"])
+    predicted_poses = torch.linalg.inv(predicted_poses[0]) @ predicted_poses  # same frame as the truth
+    rotation_error = (predicted_poses[:, None, :3, :3].transpose(-1, -2) @ predicted_poses[None, :, :3, :3]
+                      - relative[:, None, :3, :3].transpose(-1, -2) @ relative[None, :, :3, :3])
+    predicted_pairs = predicted_poses[None, :, :3, 3] - predicted_poses[:, None, :3, 3]
+    true_pairs = true_translation[None, :, :] - true_translation[:, None, :]
+    camera = rotation_error.pow(2).sum((-1, -2)).add(1e-8).sqrt().mean() + F.huber_loss(
+        scale * predicted_pairs, true_pairs, delta=0.1)
+    normal = (1 - (point_normals(aligned_local) * point_normals(true_local)).sum(-1)).mean()
+    parts = {"local": local, "global": global_points, "camera": camera, "normal": normal}
+    parts["total"] = (weights.local * local + weights.global_points * global_points + weights.camera * camera
+                      + weights.normal * normal)
+    parts["scale"] = scale.detach()
+    return parts

@@ -1,0 +1,598 @@
+"""Procedural indoor scenes, ray-cast analytically, as exact supervision for G2VLM's geometry outputs.
+
+G2VLM predicts per-pixel depth / points and camera poses. To train a small model (on a GPU) and to evaluate it (on
+a CPU) we need unlimited multi-view data whose geometry is known exactly. `render_scenes` makes it: every batch
+item is a closed box-shaped room with textured floor, walls and ceiling, 2-6 textured boxes and spheres, two
+directional lights, and `views` cameras moving along a smooth trajectory inside the room. Each pixel's ray (through
+the pixel centre) is intersected analytically with the room and the objects; the nearest hit gives depth, world
+point, surface normal (for Lambertian shading) and a procedural texture colour. No rasterisation, no sampling
+error: back-projecting `depth` with `intrinsics` and `camera_to_world` gives `points` up to float32 rounding.
+
+World frame (metres): y points DOWN (gravity along +y), so a level camera has the identity rotation in the
+OpenCV / ROS optical convention (x right, y down, z forward) and yaw is a rotation about y. The floor is the plane
+y = 0, the ceiling y = -room_height, the walls x = +-half_x and z = +-half_z; a point's height above the floor is -y.
+
+Randomness: each item's scene is drawn by a CPU `torch.Generator` seeded from (seed, item index) only, so item i is
+the same whatever the batch size, resolution or device, and CPU and CUDA renders agree up to float rounding. The
+scene does depend on `views` (the trajectory and the objects' placement around it). The parameters are drawn and
+arranged on the CPU in float64 (cheap, a few hundred numbers per item); the per-pixel work is vectorised torch over
+batch * views * pixels on the requested device, with a Python loop over at most 12 object slots.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+MAX_OBJECTS = 6
+WALL_MARGIN = 0.4  # cameras keep at least this far (m) from the walls, so no view is a blank wall close-up
+OBJECT_CLEARANCE = 0.5  # and at least this far from every object's surface (the brief asks for ~0.3 m or more)
+CEILING_MARGIN = 0.3
+MIN_HEIGHT, MAX_HEIGHT = 0.5, 1.8  # camera height above the floor (m)
+_MASK64 = (1 << 64) - 1
+_MAX_RAYS_PER_CHUNK = 1 << 24  # ~16.8 M rays per cast, a few GiB of temporaries
+
+# Surface slots. Geometry table rows: 0 = room, 1..6 = box slots, 7..12 = sphere slots. Texture table rows: 0..5 =
+# room faces in the order x-, x+, y- (ceiling), y+ (floor), z-, z+; then 6..11 box slots, 12..17 sphere slots.
+_GEOM_ROWS = 1 + 2 * MAX_OBJECTS
+_TEX_ROWS = 6 + 2 * MAX_OBJECTS
+_KIND_ROOM, _KIND_BOX, _KIND_SPHERE = 0.0, 1.0, 2.0
+_ROOM_FACE_ROLES = ("wall", "wall", "ceiling", "floor", "wall", "wall")
+# An unused slot holds an object far below the floor: it is outside the room, so the room's own hit is always
+# nearer and the slot can never win. This keeps the cast free of per-slot masks.
+_PARKED_CENTER = (0.0, 1000.0, 0.0)
+
+# Geometry fields (columns of the geometry table).
+_G_CX, _G_CY, _G_CZ, _G_COS, _G_SIN, _G_HX, _G_HY, _G_HZ, _G_KIND = range(9)
+_GEOM_FIELDS = 9
+# Texture fields: colour A, colour B, blend weights of (checker, stripes, noise), checker 1/cell and offsets,
+# stripe wave vector and phase, 4 noise waves (wave vector, phase), 2 detail waves (wave vector, phase), detail amp.
+_T_A, _T_B, _T_W = 0, 3, 6
+_T_CHECK = 9  # 1/cell, off_x, off_y, off_z
+_T_STRIPE = 13  # k_x, k_y, k_z, phase
+_NOISE_WAVES = 4
+_T_NOISE = 17  # NOISE_WAVES x (k_x, k_y, k_z, phase)
+_DETAIL_WAVES = 2
+_T_DETAIL = _T_NOISE + 4 * _NOISE_WAVES  # DETAIL_WAVES x (k_x, k_y, k_z, phase)
+_T_DETAIL_AMP = _T_DETAIL + 4 * _DETAIL_WAVES
+_TEX_FIELDS = _T_DETAIL_AMP + 1
+
+
+@dataclass
+class SceneBatch:
+    """Rendered views with exact geometry. B items, V views each, H x W pixels."""
+
+    images: torch.Tensor  # [B, V, 3, H, W] float32 in [0, 1]
+    depth: torch.Tensor  # [B, V, H, W] float32, z of the hit in the camera frame (m), > 0 and finite
+    points: torch.Tensor  # [B, V, H, W, 3] float32 world coordinates of each pixel's surface point
+    intrinsics: torch.Tensor  # [B, V, 3, 3] pinhole K, pixel centres at integer coordinates
+    camera_to_world: torch.Tensor  # [B, V, 4, 4] optical convention (x right, y down, z forward)
+
+    def to(self, device: torch.device | str) -> SceneBatch:
+        return SceneBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass
+class SceneSpec:
+    """The random parameters of one item (float64 numpy), in the world frame described in the module docstring."""
+
+    room_half: np.ndarray  # [3] half extents (half_x, room_height / 2, half_z); the room centre is (0, -height/2, 0)
+    box_centers: np.ndarray  # [nb, 3]
+    box_halves: np.ndarray  # [nb, 3] half extents in the box frame
+    box_yaws: np.ndarray  # [nb] rotation about the world y axis (box frame -> world)
+    sphere_centers: np.ndarray  # [ns, 3]
+    sphere_radii: np.ndarray  # [ns]
+    camera_to_world: np.ndarray  # [V, 4, 4]
+    focal_scale: float  # fx = fy = focal_scale * W, i.e. 1 / (2 tan(hfov / 2))
+    light_dirs: np.ndarray  # [2, 3] unit directions the light travels in (key light first)
+    light_intensity: np.ndarray  # [2]
+    ambient: float
+    textures: np.ndarray  # [_TEX_ROWS, _TEX_FIELDS] (unused object slots are zeros)
+
+    @property
+    def room_height(self) -> float:
+        return float(2.0 * self.room_half[1])
+
+
+def render_scenes(batch: int, views: int, height: int, width: int, seed: int,
+                  device: torch.device | str = "cpu") -> SceneBatch:
+    """Renders `batch` random rooms, `views` views each, at height x width pixels on `device`."""
+    if batch < 1 or views < 1 or height < 1 or width < 1:
+        raise ValueError("batch, views, height and width must be positive")
+    specs = [sample_scene(seed, index, views) for index in range(batch)]
+    # Whole items at a time, at most _MAX_RAYS_PER_CHUNK rays: the cast keeps a few dozen per-ray temporaries
+    # alive, which would otherwise take tens of GiB for a large training batch on a GPU.
+    step = max(1, _MAX_RAYS_PER_CHUNK // (views * height * width))
+    parts = [_render(specs[i:i + step], views, height, width, torch.device(device)) for i in range(0, batch, step)]
+    if len(parts) == 1:
+        return parts[0]
+    return SceneBatch(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(SceneBatch)})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random scene parameters (CPU, float64)
+
+
+def _item_seed(seed: int, index: int) -> int:
+    """Mixes (seed, index) into a 63-bit generator seed (splitmix64), so neighbouring seeds give unrelated items."""
+    x = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xD1B54A32D192ED03) & _MASK64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    x ^= x >> 31
+    return x & ((1 << 63) - 1)
+
+
+class _Random:
+    """Numpy-flavoured front end over a CPU torch.Generator (the brief fixes torch as the random source).
+
+    Uniforms are drawn from the generator in blocks and handed out one by one: a scene takes a few hundred draws,
+    and one torch call per draw would make parameter sampling, not rendering, the bottleneck on a GPU.
+    """
+
+    _BLOCK = 1024
+
+    def __init__(self, seed: int):
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(seed)
+        self._buffer = np.empty(0)
+        self._next = 0
+
+    def _draw(self, count: int) -> np.ndarray:
+        if self._next + count > len(self._buffer):
+            fresh = torch.rand(max(self._BLOCK, count), generator=self._generator, dtype=torch.float64).numpy()
+            self._buffer = np.concatenate([self._buffer[self._next:], fresh])
+            self._next = 0
+        out = self._buffer[self._next:self._next + count]
+        self._next += count
+        return out
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        """A float for scalar bounds without size, else an array of `size` (default: the bounds' shape)."""
+        if size is None:
+            if isinstance(low, float | int) and isinstance(high, float | int):
+                return low + (high - low) * float(self._draw(1)[0])
+            size = np.broadcast(low, high).shape
+            if size == ():  # numpy scalars
+                return float(low + (high - low) * self._draw(1)[0])
+        x = self._draw(int(np.prod(size))).reshape(size)
+        return np.asarray(low) + (np.asarray(high) - np.asarray(low)) * x
+
+    def integer(self, low: int, high: int) -> int:
+        """Uniform in [low, high], both inclusive."""
+        return low + min(int(self.uniform() * (high - low + 1)), high - low)
+
+    def unit(self, zero_axis: int | None = None) -> np.ndarray:
+        """Uniform random 3-D direction; with zero_axis, uniform in the plane perpendicular to that axis."""
+        u, w = self._draw(2)
+        angle = 2.0 * math.pi * u
+        if zero_axis is None:  # Archimedes: z uniform in [-1, 1] gives a uniform point on the sphere
+            z = 2.0 * w - 1.0
+            r = math.sqrt(max(0.0, 1.0 - z * z))
+            return np.array([r * math.cos(angle), r * math.sin(angle), z])
+        v = np.zeros(3)
+        v[[a for a in range(3) if a != zero_axis]] = (math.cos(angle), math.sin(angle))
+        return v
+
+
+def _rot_x(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _rot_y(a: float) -> np.ndarray:
+    # Maps the optical z axis (forward) to (sin a, 0, cos a): yaw a turns the camera from +z towards +x.
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def sample_scene(seed: int, index: int, views: int) -> SceneSpec:
+    """The random parameters of item `index` of `render_scenes(..., seed)` with `views` views."""
+    rng = _Random(_item_seed(seed, index))
+    half_x = 0.5 * rng.uniform(3.0, 8.0)
+    half_z = 0.5 * rng.uniform(3.0, 8.0)
+    room_height = rng.uniform(2.4, 3.5)
+    camera_to_world = _sample_cameras(rng, views, half_x, half_z, room_height)
+    boxes, spheres = _sample_objects(rng, camera_to_world, half_x, half_z, room_height)
+    focal_scale = 0.5 / math.tan(0.5 * math.radians(rng.uniform(50.0, 90.0)))
+
+    # Key light from above at 20-55 degrees off vertical; fill light travelling sideways or upwards, so walls and
+    # the ceiling are not only lit by the ambient term.
+    key_tilt, key_az = math.radians(rng.uniform(20.0, 55.0)), rng.uniform(0.0, 2.0 * math.pi)
+    fill_tilt, fill_az = math.radians(rng.uniform(80.0, 150.0)), rng.uniform(0.0, 2.0 * math.pi)
+    light_dirs = np.array([[math.sin(t) * math.cos(a), math.cos(t), math.sin(t) * math.sin(a)]
+                           for t, a in ((key_tilt, key_az), (fill_tilt, fill_az))])
+    light_intensity = np.array([rng.uniform(0.55, 0.8), rng.uniform(0.15, 0.3)])
+    ambient = rng.uniform(0.3, 0.45)
+
+    textures = np.zeros((_TEX_ROWS, _TEX_FIELDS))
+    for face, role in enumerate(_ROOM_FACE_ROLES):
+        textures[face] = _sample_texture(rng, role, plane_normal_axis=face // 2)
+    for slot in range(len(boxes)):
+        textures[6 + slot] = _sample_texture(rng, "object", None)
+    for slot in range(len(spheres)):
+        textures[6 + MAX_OBJECTS + slot] = _sample_texture(rng, "object", None)
+
+    return SceneSpec(
+        room_half=np.array([half_x, 0.5 * room_height, half_z]),
+        box_centers=np.array([b[0] for b in boxes]).reshape(-1, 3),
+        box_halves=np.array([b[1] for b in boxes]).reshape(-1, 3),
+        box_yaws=np.array([b[2] for b in boxes]),
+        sphere_centers=np.array([s[0] for s in spheres]).reshape(-1, 3),
+        sphere_radii=np.array([s[1] for s in spheres]),
+        camera_to_world=camera_to_world, focal_scale=focal_scale, light_dirs=light_dirs,
+        light_intensity=light_intensity, ambient=ambient, textures=textures)
+
+
+def _sample_cameras(rng: _Random, views: int, half_x: float, half_z: float, room_height: float) -> np.ndarray:
+    """A smooth trajectory inside the room, at least WALL_MARGIN from the walls -> camera_to_world [V, 4, 4]."""
+    # Shape first, relative to a start at the origin heading along +z: forward steps of 0.1-0.4 m around a
+    # per-trajectory speed, a slow lateral drift and a steady turn of a few degrees per view, each with jitter.
+    steps = np.clip(rng.uniform(0.1, 0.4) * rng.uniform(0.8, 1.2, views), 0.1, 0.4)
+    drift = rng.uniform(-0.06, 0.06) + rng.uniform(-0.02, 0.02, views)
+    turns = math.radians(rng.uniform(-5.0, 5.0)) + np.radians(rng.uniform(-1.5, 1.5, views))
+    rel = np.zeros((views, 2))  # (x, z)
+    headings = np.zeros(views)
+    position, heading = np.zeros(2), 0.0
+    for i in range(views):
+        rel[i], headings[i] = position, heading
+        forward = np.array([math.sin(heading), math.cos(heading)])
+        right = np.array([math.cos(heading), -math.sin(heading)])
+        position = position + steps[i] * forward + drift[i] * right
+        heading += turns[i]
+
+    # Then place it: random overall yaws and start points, keeping the path's bounding box inside the safe
+    # rectangle. Of a dozen candidates the one whose cameras see farthest before a wall wins (capped at 4 m, so
+    # that any open view is as good as another), which keeps the views from being close-ups of a wall. Long paths
+    # in small rooms may not fit at all; they are shrunk to fit (steps below 0.1 m, the only way to stay inside).
+    limit = np.array([half_x - WALL_MARGIN, half_z - WALL_MARGIN])
+    room = np.array([half_x, half_z])
+    best = None
+    for _ in range(12):
+        yaw = rng.uniform(-math.pi, math.pi)
+        c, s = math.cos(yaw), math.sin(yaw)
+        placed = np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]], axis=1)
+        extent = placed.max(axis=0) - placed.min(axis=0)
+        scale = float(min(1.0, *(2.0 * limit / np.maximum(extent, 1e-9))))
+        placed = placed * scale
+        low, high = placed.min(axis=0), placed.max(axis=0)
+        xz = placed + rng.uniform(-limit - low, limit - high)
+        forward = np.stack([np.sin(headings + yaw), np.cos(headings + yaw)], axis=1)
+        with np.errstate(divide="ignore"):  # a heading along one axis never exits through the other: inf
+            exits = np.where(forward >= 0, room - xz, room + xz) / np.abs(forward)
+        score = (scale, float(min(4.0, exits.min())))
+        if best is None or score > best[0]:
+            best = (score, yaw, xz)
+    _, yaw, xz = best
+
+    top = min(MAX_HEIGHT, room_height - CEILING_MARGIN)
+    heights = np.clip(rng.uniform(MIN_HEIGHT, top) + np.cumsum(rng.uniform(-0.03, 0.03, views)), MIN_HEIGHT, top)
+    # Negative pitch looks down (towards +y); the bias shows more floor and objects than ceiling.
+    pitch = np.clip(math.radians(rng.uniform(-15.0, 8.0)) + np.cumsum(np.radians(rng.uniform(-1.0, 1.0, views))),
+                    math.radians(-20.0), math.radians(12.0))
+    roll = np.clip(math.radians(rng.uniform(-4.0, 4.0)) + np.cumsum(np.radians(rng.uniform(-0.7, 0.7, views))),
+                   math.radians(-6.0), math.radians(6.0))
+
+    poses = np.tile(np.eye(4), (views, 1, 1))
+    for i in range(views):
+        poses[i, :3, :3] = _rot_y(headings[i] + yaw) @ _rot_x(pitch[i]) @ _rot_z(roll[i])
+        poses[i, :3, 3] = (xz[i, 0], -heights[i], xz[i, 1])
+    return poses
+
+
+def _sample_objects(rng: _Random, poses: np.ndarray, half_x: float, half_z: float, room_height: float):
+    """2-6 non-overlapping boxes / spheres, each at least OBJECT_CLEARANCE from every camera.
+
+    Returns (boxes, spheres): lists of (center, half_extents, yaw) and (center, radius). Rejection sampling; after
+    a while the sizes shrink towards their minimum so crowded trajectories in small rooms still get two objects.
+    """
+    cameras = poses[:, :3, 3]
+    count = rng.integer(2, MAX_OBJECTS)
+    boxes, spheres, footprints = [], [], []  # footprints: (x, z, radius) of the bounding circle on the floor
+    for attempt in range(600):
+        if len(boxes) + len(spheres) >= count:
+            break
+        shrink = 0.98 ** max(0, attempt - 50)
+        is_box = rng.uniform() < 0.55
+        if is_box:
+            half = 0.5 * (0.3 + 1.2 * shrink * rng.uniform(0.0, 1.0, 3))
+            yaw = rng.uniform(0.0, 0.5 * math.pi)
+            radius = math.hypot(half[0], half[2])
+        else:
+            radius = 0.2 + 0.6 * shrink * rng.uniform()
+        if radius + 0.02 >= min(half_x, half_z):
+            continue
+        bound_x, bound_z = half_x - radius - 0.02, half_z - radius - 0.02
+        if rng.uniform() < 0.6:
+            # Most objects go 1-3 m ahead of a random camera, so that the views actually show them.
+            camera = rng.integer(0, len(cameras) - 1)
+            forward = poses[camera, :3, 2][[0, 2]]
+            forward = forward / max(np.linalg.norm(forward), 1e-9)
+            ahead, side = rng.uniform(1.0, 3.0), rng.uniform(-1.0, 1.0)
+            x = float(np.clip(cameras[camera, 0] + ahead * forward[0] + side * forward[1], -bound_x, bound_x))
+            z = float(np.clip(cameras[camera, 2] + ahead * forward[1] - side * forward[0], -bound_z, bound_z))
+        else:
+            x, z = rng.uniform(-bound_x, bound_x), rng.uniform(-bound_z, bound_z)
+        if any(math.hypot(x - fx, z - fz) < radius + fr + 0.05 for fx, fz, fr in footprints):
+            continue
+        if is_box:
+            center = np.array([x, -half[1], z])  # standing on the floor (y = 0, y down)
+            local = (cameras - center) @ _rot_y(yaw)  # row-vector form of R^T (p - c)
+            distance = np.linalg.norm(np.maximum(np.abs(local) - half, 0.0), axis=1)
+        else:
+            free = room_height - 2.0 * radius - CEILING_MARGIN  # room for a gap under a floating sphere
+            gap = rng.uniform(0.15, free) if rng.uniform() < 0.4 and free > 0.3 else 0.0
+            center = np.array([x, -(radius + gap), z])
+            distance = np.linalg.norm(cameras - center, axis=1) - radius
+        if distance.min() < OBJECT_CLEARANCE:
+            continue
+        footprints.append((x, z, radius))
+        if is_box:
+            boxes.append((center, half, yaw))
+        else:
+            spheres.append((center, radius))
+    return boxes, spheres
+
+
+def _sample_colour(rng: _Random, low: float, high: float) -> np.ndarray:
+    return rng.uniform(low, high, 3)
+
+
+def _sample_texture(rng: _Random, role: str, plane_normal_axis: int | None) -> np.ndarray:
+    """One surface's texture parameters (see the _T_* layout). Room faces get waves in their own plane."""
+    t = np.zeros(_TEX_FIELDS)
+    if role == "floor":
+        colour_range, kinds, cell = (0.15, 0.85), (0.45, 0.35, 0.2), (0.3, 0.9)
+    elif role == "ceiling":
+        colour_range, kinds, cell = (0.6, 0.95), (0.35, 0.15, 0.5), (0.4, 1.0)
+    elif role == "wall":
+        colour_range, kinds, cell = (0.35, 0.95), (0.25, 0.35, 0.4), (0.25, 0.8)
+    else:
+        colour_range, kinds, cell = (0.1, 0.95), (0.35, 0.35, 0.3), (0.1, 0.35)
+    a = _sample_colour(rng, *colour_range)
+    # The second colour is a darker shade of the first or an unrelated colour; retry until the contrast is visible.
+    for _ in range(8):
+        b = a * rng.uniform(0.3, 0.65) if rng.uniform() < 0.5 else _sample_colour(rng, 0.05, 0.95)
+        if np.abs(a - b).mean() > 0.15:
+            break
+    t[_T_A:_T_A + 3], t[_T_B:_T_B + 3] = a, b
+
+    # Blend weights: one dominant pattern, plus some noise on top of checkers and stripes for unique local detail.
+    choice = rng.uniform()
+    kind = 0 if choice < kinds[0] else (1 if choice < kinds[0] + kinds[1] else 2)
+    weights = np.zeros(3)
+    weights[kind] = 1.0
+    if kind != 2:
+        weights[2] = rng.uniform(0.0, 0.35)
+    t[_T_W:_T_W + 3] = weights / weights.sum()
+
+    t[_T_CHECK] = 1.0 / rng.uniform(*cell)
+    # Offsets in [0.2, 0.8] cells: the texture coordinate across a planar face is set to 0, which then sits well
+    # inside a cell, so rounding can never flip the parity of a whole face.
+    t[_T_CHECK + 1:_T_CHECK + 4] = rng.uniform(0.2, 0.8, 3)
+    t[_T_STRIPE:_T_STRIPE + 3] = rng.unit(plane_normal_axis) / rng.uniform(0.5 * cell[0], 0.5 * cell[1])
+    t[_T_STRIPE + 3] = rng.uniform(0.2, 0.8)
+    for wave in range(_NOISE_WAVES):
+        start = _T_NOISE + 4 * wave
+        t[start:start + 3] = rng.unit(plane_normal_axis) * 2.0 * math.pi * rng.uniform(0.4, 2.5)
+        t[start + 3] = rng.uniform(0.0, 2.0 * math.pi)
+    for wave in range(_DETAIL_WAVES):
+        start = _T_DETAIL + 4 * wave
+        t[start:start + 3] = rng.unit(plane_normal_axis) * 2.0 * math.pi * rng.uniform(2.0, 5.0)
+        t[start + 3] = rng.uniform(0.0, 2.0 * math.pi)
+    t[_T_DETAIL_AMP] = rng.uniform(0.04, 0.1)
+    return t
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Packing and ray casting (device, float32)
+
+
+def _pack(specs: list[SceneSpec]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Geometry table [B, _GEOM_ROWS, _GEOM_FIELDS], texture table [B, _TEX_ROWS, _TEX_FIELDS], slots in use."""
+    geometry = np.zeros((len(specs), _GEOM_ROWS, _GEOM_FIELDS))
+    geometry[:, :, _G_COS] = 1.0
+    geometry[:, :, _G_HX:_G_HZ + 1] = 1.0
+    geometry[:, :, _G_CX:_G_CZ + 1] = _PARKED_CENTER
+    geometry[:, 1:1 + MAX_OBJECTS, _G_KIND] = _KIND_BOX
+    geometry[:, 1 + MAX_OBJECTS:, _G_KIND] = _KIND_SPHERE
+    for b, spec in enumerate(specs):
+        geometry[b, 0, _G_CX:_G_CZ + 1] = (0.0, -spec.room_half[1], 0.0)
+        geometry[b, 0, _G_HX:_G_HZ + 1] = spec.room_half
+        geometry[b, 0, _G_KIND] = _KIND_ROOM
+        for i, (center, half, yaw) in enumerate(zip(spec.box_centers, spec.box_halves, spec.box_yaws, strict=True)):
+            geometry[b, 1 + i, :_G_KIND] = (*center, math.cos(yaw), math.sin(yaw), *half)
+        for i, (center, radius) in enumerate(zip(spec.sphere_centers, spec.sphere_radii, strict=True)):
+            geometry[b, 1 + MAX_OBJECTS + i, :_G_KIND] = (*center, 1.0, 0.0, radius, radius, radius)
+    textures = np.stack([spec.textures for spec in specs])
+    max_boxes = max(len(spec.box_yaws) for spec in specs)
+    max_spheres = max(len(spec.sphere_radii) for spec in specs)
+    return geometry, textures, max_boxes, max_spheres
+
+
+def _render(specs: list[SceneSpec], views: int, height: int, width: int, device: torch.device) -> SceneBatch:
+    batch = len(specs)
+    n = batch * views
+    f32 = dict(dtype=torch.float32, device=device)
+    geometry_np, textures_np, max_boxes, max_spheres = _pack(specs)
+
+    pose = torch.tensor(np.stack([s.camera_to_world for s in specs]), dtype=torch.float64).reshape(n, 4, 4)
+    focal = torch.tensor([s.focal_scale * width for s in specs], dtype=torch.float64).repeat_interleave(views)
+    intrinsics = torch.zeros(n, 3, 3, dtype=torch.float64)
+    intrinsics[:, 0, 0] = focal
+    intrinsics[:, 1, 1] = focal
+    intrinsics[:, 0, 2] = (width - 1) / 2.0
+    intrinsics[:, 1, 2] = (height - 1) / 2.0
+    intrinsics[:, 2, 2] = 1.0
+
+    # Per-camera scalars are [n, 1, 1] so they broadcast over the [n, H, W] pixel tensors.
+    def per_camera(values) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float64).reshape(n, 1, 1).to(**f32)
+
+    geometry = torch.tensor(geometry_np, dtype=torch.float64).repeat_interleave(views, dim=0)  # [n, rows, fields]
+    rot = pose[:, :3, :3]
+    origin = [per_camera(pose[:, i, 3]) for i in range(3)]
+
+    # Ray through each pixel centre with camera-frame direction ((u - cx) / f, (v - cy) / f, 1): its parameter t
+    # is then directly the camera-frame depth z of the hit.
+    cols = torch.arange(width, **f32).reshape(1, 1, width)
+    rows = torch.arange(height, **f32).reshape(1, height, 1)
+    inv_f = per_camera(1.0 / focal)
+    dcx = (cols - (width - 1) / 2.0) * inv_f  # [n, 1, W]
+    dcy = (rows - (height - 1) / 2.0) * inv_f  # [n, H, 1]
+    r = [[per_camera(rot[:, i, j]) for j in range(3)] for i in range(3)]
+    d = [dcx * r[i][0] + dcy * r[i][1] + r[i][2] for i in range(3)]  # world direction, [n, H, W] each
+
+    inv_dy = torch.reciprocal(d[1])  # the y slab is shared by the room and all boxes (they only yaw)
+
+    # Room: the camera is inside, so the hit is the nearest exit; per axis the exit is the larger slab parameter.
+    # With d = +-0 the reciprocal is +-inf and the exit +inf, which is what a ray parallel to the slab needs.
+    room = geometry[:, 0]
+    best = None
+    for axis, inv in ((0, torch.reciprocal(d[0])), (1, inv_dy), (2, torch.reciprocal(d[2]))):
+        low = per_camera(room[:, _G_CX + axis] - room[:, _G_HX + axis] - pose[:, axis, 3])
+        high = per_camera(room[:, _G_CX + axis] + room[:, _G_HX + axis] - pose[:, axis, 3])
+        exit_t = torch.maximum(low * inv, high * inv)
+        best = exit_t if best is None else torch.minimum(best, exit_t)
+    surface = torch.zeros(best.shape, dtype=torch.long, device=device)  # geometry row of the nearest hit
+
+    for slot in range(max_boxes):
+        row = 1 + slot
+        params = geometry[:, row]
+        cos, sin = per_camera(params[:, _G_COS]), per_camera(params[:, _G_SIN])
+        rel = pose[:, :3, 3] - params[:, _G_CX:_G_CZ + 1]
+        local_o = (params[:, _G_COS] * rel[:, 0] - params[:, _G_SIN] * rel[:, 2], rel[:, 1],
+                   params[:, _G_SIN] * rel[:, 0] + params[:, _G_COS] * rel[:, 2])
+        inv_local = (torch.reciprocal(cos * d[0] - sin * d[2]), inv_dy, torch.reciprocal(sin * d[0] + cos * d[2]))
+        near = far = None
+        for axis in range(3):
+            half = params[:, _G_HX + axis]
+            t1 = per_camera(-half - local_o[axis]) * inv_local[axis]
+            t2 = per_camera(half - local_o[axis]) * inv_local[axis]
+            lo, hi = torch.minimum(t1, t2), torch.maximum(t1, t2)
+            near = lo if near is None else torch.maximum(near, lo)
+            far = hi if far is None else torch.minimum(far, hi)
+        # The camera is never inside a box, so a hit is the entry point, in front of the camera and before any
+        # hit found so far.
+        better = (near <= far) & (near > 0) & (near < best)
+        best = torch.where(better, near, best)
+        surface = torch.where(better, row, surface)
+
+    if max_spheres:
+        dd = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+    for slot in range(max_spheres):
+        row = 1 + MAX_OBJECTS + slot
+        params = geometry[:, row]
+        oc = pose[:, :3, 3] - params[:, _G_CX:_G_CZ + 1]
+        c = per_camera((oc * oc).sum(dim=1) - params[:, _G_HX] ** 2)  # > 0: the camera is outside
+        b = d[0] * per_camera(oc[:, 0]) + d[1] * per_camera(oc[:, 1]) + d[2] * per_camera(oc[:, 2])
+        # Nearer root of dd t^2 + 2 b t + c = 0. The discriminant is clamped rather than left to give NaN on a
+        # miss: NaN arithmetic is several times slower on CPUs.
+        disc = b * b - dd * c
+        t = -(b + torch.sqrt(disc.clamp(min=0.0))) / dd
+        better = (disc >= 0) & (t > 0) & (t < best)
+        best = torch.where(better, t, best)
+        surface = torch.where(better, row, surface)
+
+    points = [origin[i] + best * d[i] for i in range(3)]
+    images = _shade(specs, points, surface, geometry, textures_np, views, device)
+
+    shape = (batch, views, height, width)
+    return SceneBatch(
+        images=images.reshape(batch, views, 3, height, width),
+        depth=best.reshape(shape),
+        points=torch.stack(points, dim=-1).reshape(*shape, 3),
+        intrinsics=intrinsics.to(**f32).reshape(batch, views, 3, 3),
+        camera_to_world=pose.to(**f32).reshape(batch, views, 4, 4))
+
+
+def _shade(specs: list[SceneSpec], points: list[torch.Tensor], surface: torch.Tensor, geometry: torch.Tensor,
+           textures_np: np.ndarray, views: int, device: torch.device) -> torch.Tensor:
+    """Lambertian shading of the textured hit points -> images [n, 3, H, W]."""
+    n = surface.shape[0]
+    f32 = dict(dtype=torch.float32, device=device)
+    camera = torch.arange(n, device=device).reshape(n, 1, 1)
+
+    # Per-pixel geometry of the hit surface, looked up by (camera, geometry row).
+    geom_table = geometry.reshape(n * _GEOM_ROWS, _GEOM_FIELDS).t().contiguous().to(**f32)
+    geom_index = camera * _GEOM_ROWS + surface
+
+    def g(field: int) -> torch.Tensor:
+        return torch.take(geom_table[field], geom_index)  # take: a flat gather, faster than indexing on CPU
+
+    cos, sin = g(_G_COS), g(_G_SIN)
+    rx, ry, rz = points[0] - g(_G_CX), points[1] - g(_G_CY), points[2] - g(_G_CZ)
+    local = (cos * rx - sin * rz, ry, sin * rx + cos * rz)  # hit point in the surface's frame
+    kind = g(_G_KIND)
+    is_sphere = kind == _KIND_SPHERE
+    half = (g(_G_HX), g(_G_HY), g(_G_HZ))
+
+    # Planar faces: the face is the axis on which the hit point lies on the box boundary (|local| / half = 1).
+    ratio = [local[i].abs() / half[i] for i in range(3)]
+    on_x = (ratio[0] >= ratio[1]) & (ratio[0] >= ratio[2])
+    on_y = ~on_x & (ratio[1] >= ratio[2])
+    on_z = ~(on_x | on_y)
+    outward = torch.where(kind == _KIND_ROOM, -1.0, 1.0)  # the room is seen from inside
+    normal_local = []
+    coords = []
+    for axis, on in enumerate((on_x, on_y, on_z)):
+        planar = on.float() * torch.sign(local[axis]) * outward
+        normal_local.append(torch.where(is_sphere, local[axis] / half[0], planar))
+        # Texture coordinate: the local hit point, with the coordinate across a planar face fixed at 0.
+        coords.append(torch.where(on & ~is_sphere, 0.0, local[axis]))
+    normal = (cos * normal_local[0] + sin * normal_local[2], normal_local[1],
+              -sin * normal_local[0] + cos * normal_local[2])
+
+    # Texture row: room faces by side (x-, x+, y-, y+, z-, z+), objects by slot.
+    face_axis = on_y.long() + 2 * on_z.long()
+    on_positive = torch.where(on_x, local[0], torch.where(on_y, local[1], local[2])) > 0
+    room_row = 2 * face_axis + on_positive.long()
+    tex_row = torch.where(surface == 0, room_row, surface + 5)  # geometry row 1 (box) -> 6, 7 (sphere) -> 12
+    tex_table = torch.tensor(textures_np, dtype=torch.float64).reshape(-1, _TEX_FIELDS).t().contiguous().to(**f32)
+    item = torch.div(camera, views, rounding_mode="floor")
+    albedo = _texture(coords, tex_table, item * _TEX_ROWS + tex_row)
+
+    lights = torch.tensor(np.stack([s.light_dirs for s in specs]), dtype=torch.float64).repeat_interleave(views, 0)
+    power = torch.tensor(np.stack([s.light_intensity for s in specs]), dtype=torch.float64).repeat_interleave(views, 0)
+    ambient = torch.tensor([s.ambient for s in specs], dtype=torch.float64).repeat_interleave(views)
+    shade = ambient.reshape(n, 1, 1).to(**f32)
+    for light in range(lights.shape[1]):
+        lx, ly, lz = (lights[:, light, i].reshape(n, 1, 1).to(**f32) for i in range(3))
+        facing = -(normal[0] * lx + normal[1] * ly + normal[2] * lz)
+        shade = shade + power[:, light].reshape(n, 1, 1).to(**f32) * facing.clamp(min=0.0)
+    return (albedo * shade.unsqueeze(1)).clamp(0.0, 1.0)
+
+
+def _texture(coords: list[torch.Tensor], table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Procedural albedo at texture coordinates coords (3 x [n, H, W]) of texture rows `index` -> [n, 3, H, W]."""
+
+    def t(field: int) -> torch.Tensor:
+        return torch.take(table[field], index)
+
+    x, y, z = coords
+
+    def wave(start: int) -> torch.Tensor:
+        return x * t(start) + y * t(start + 1) + z * t(start + 2) + t(start + 3)
+
+    inv_cell = t(_T_CHECK)
+    checker = (torch.floor(x * inv_cell + t(_T_CHECK + 1)) + torch.floor(y * inv_cell + t(_T_CHECK + 2))
+               + torch.floor(z * inv_cell + t(_T_CHECK + 3)))
+    checker = torch.remainder(checker, 2.0)
+    stripes = torch.remainder(torch.floor(wave(_T_STRIPE)), 2.0)
+    noise = sum(torch.sin(wave(_T_NOISE + 4 * w)) for w in range(_NOISE_WAVES))
+    noise = (0.5 + noise * (0.5 / 2.0)).clamp(0.0, 1.0)  # 4 unit waves: std ~1.4, so most values stay unclipped
+    mix = t(_T_W) * checker + t(_T_W + 1) * stripes + t(_T_W + 2) * noise
+    detail = 1.0 + t(_T_DETAIL_AMP) * sum(torch.sin(wave(_T_DETAIL + 4 * w)) for w in range(_DETAIL_WAVES))
+    channels = []
+    for c in range(3):
+        a = t(_T_A + c)
+        channels.append((a + (t(_T_B + c) - a) * mix) * detail)
+    return torch.stack(channels, dim=1)

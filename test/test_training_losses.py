@@ -1,0 +1,80 @@
+"""The training losses are zero for a perfect prediction at any scale and grow with each kind of error."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from g2vlm_ros.training.evaluate import scene_metrics
+from g2vlm_ros.training.losses import LossWeights, local_points_from_depth, scene_losses
+
+
+def rotation_y(degrees: float) -> torch.Tensor:
+    angle = math.radians(degrees)
+    return torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]])
+
+
+def rotation_x(degrees: float) -> torch.Tensor:
+    angle = math.radians(degrees)
+    return torch.tensor([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]])
+
+
+def scene(views: int = 3):
+    generator = torch.Generator().manual_seed(0)
+    height, width = 14, 28
+    depth = 2.0 + torch.rand(views, height, width, generator=generator)
+    intrinsics = torch.tensor([[20.0, 0, (width - 1) / 2], [0, 20.0, (height - 1) / 2], [0, 0, 1]]).repeat(views, 1, 1)
+    poses = torch.eye(4).repeat(views, 1, 1)
+    for view in range(views):
+        poses[view, :3, :3] = rotation_y(5.0 * view)
+        poses[view, :3, 3] = torch.tensor([0.3 * view, 0.05 * view, 0.1])
+    return depth, intrinsics, poses
+
+
+def perfect_raw(depth, intrinsics, poses, scale: float) -> dict[str, torch.Tensor]:
+    """What a perfect up-to-scale model outputs: everything in the first camera's frame, times 1/scale."""
+    local = local_points_from_depth(depth, intrinsics)
+    relative = torch.linalg.inv(poses[0]) @ poses
+    world = torch.einsum("vij,vhwj->vhwi", relative[:, :3, :3], local) + relative[:, None, None, :3, 3]
+    return {"local_points": local / scale, "global_points": world / scale,
+            "rotation_raw": relative[:, :3, :3].clone(), "translation": relative[:, :3, 3] / scale}
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 7.0])
+def test_a_perfect_prediction_at_any_scale_costs_nothing(scale):
+    depth, intrinsics, poses = scene()
+    parts = scene_losses(perfect_raw(depth, intrinsics, poses, scale), poses, depth, intrinsics, LossWeights())
+    for key in ("local", "global", "camera", "normal", "total"):
+        assert float(parts[key]) < 1e-3, (key, float(parts[key]))  # camera: sqrt(eps) = 1e-4 floor
+
+
+def test_each_kind_of_error_raises_its_loss():
+    depth, intrinsics, poses = scene()
+    base = perfect_raw(depth, intrinsics, poses, 2.0)
+    wrong_depth = dict(base, local_points=base["local_points"] * torch.linspace(0.7, 1.3, 28)[:, None])
+    turned = base["rotation_raw"].clone()
+    turned[1:] = turned[1:] @ rotation_x(20.0)  # relative rotations change (a turn about y alone would commute)
+    wrong_rotation = dict(base, rotation_raw=turned)
+    wrong_global = dict(base, global_points=base["global_points"] + 0.3)
+    weights = LossWeights()
+    losses = {name: scene_losses(raw, poses, depth, intrinsics, weights)
+              for name, raw in {"depth": wrong_depth, "rotation": wrong_rotation, "global": wrong_global}.items()}
+    assert float(losses["depth"]["local"]) > 0.01 and float(losses["depth"]["normal"]) > 1e-3
+    assert float(losses["rotation"]["camera"]) > 0.1 and float(losses["rotation"]["local"]) < 1e-4
+    assert float(losses["global"]["global"]) > 0.05 and float(losses["global"]["camera"]) < 1e-3
+
+
+def test_evaluation_metrics_are_scale_free_and_detect_errors():
+    depth, _, poses = scene(4)
+    scaled_poses = poses.clone()
+    scaled_poses[:, :3, 3] *= 0.2  # the same trajectory in other units
+    perfect = scene_metrics(depth * 0.2, scaled_poses, depth, poses)
+    assert perfect["depth_abs_rel"] < 1e-6 and perfect["depth_delta_1_25"] == 1.0
+    assert perfect["rotation_deg"] < 0.05 and perfect["translation_deg"] < 0.05  # float32 poses: arccos near 1
+    turned = scaled_poses.clone()
+    turned[1:, :3, :3] = turned[1:, :3, :3] @ rotation_y(10.0)
+    noisy_depth = depth * 0.2 * torch.where(torch.arange(28) % 2 == 0, 1.5, 1.0)
+    worse = scene_metrics(noisy_depth, turned, depth, poses)
+    assert worse["depth_abs_rel"] > 0.1 and worse["depth_delta_1_25"] < 0.9
+    assert worse["rotation_deg"] > 5.0
