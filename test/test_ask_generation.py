@@ -18,24 +18,10 @@ from std_msgs.msg import Header
 from conftest import wait_until
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.ros.conversions import numpy_to_image
+from test_model_checkpoint import write_tokenizer
 
 MAX_TOKENS = 6
 QUESTION = "Reconstruct the 3D scene ."
-
-
-def write_full_tokenizer(folder, vocab_size: int) -> None:
-    """A word-level tokenizer covering every id the model can emit (w<i> words), with the chat markers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = ["<unk>", "Reconstruct", "the", "3D", "scene", ".", "\n", "user", "assistant", "system"]
-    words += [f"w{index}" for index in range(vocab_size - len(words) - 4)]  # 4 markers are added below
-    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),
-                                                        pre_tokenizers.WhitespaceSplit(),
-                                                        pre_tokenizers.Punctuation()])
-    tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"])
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +30,7 @@ def chat_checkpoint(tiny_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("chat_checkpoint") / "tiny"
     shutil.copytree(tiny_checkpoint, folder)
     vocab = json.loads((folder / "text_config.json").read_text())["vocab_size"]
-    write_full_tokenizer(folder, vocab)
+    write_tokenizer(folder, cover_vocab=vocab)
     return folder
 
 

@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 import torch
@@ -126,11 +127,17 @@ def test_unknown_dtype_is_refused(tiny_checkpoint):
         load_checkpoint(tiny_checkpoint, dtype="int8")
 
 
-def write_tokenizer(folder, vocab_size=1000):
-    """A small word-level tokenizer with the Qwen chat markers, in Hugging Face files."""
+def write_tokenizer(folder, cover_vocab: Optional[int] = None):
+    """A small word-level tokenizer with the Qwen chat markers, in Hugging Face files.
+
+    With `cover_vocab`, filler words w<i> give every id below it a text (the 4 markers included), so
+    whatever a model of that vocabulary generates decodes to text.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = ["<unk>", "Reconstruct", "the", "3D", "scene", ".", "\n", "user", "assistant", "system"]
+    if cover_vocab is not None:
+        words += [f"w{index}" for index in range(cover_vocab - len(words) - 4)]  # 4 markers are added below
     vocab = {word: index for index, word in enumerate(words)}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),

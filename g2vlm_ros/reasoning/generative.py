@@ -75,8 +75,8 @@ class GenerativeAnswerer:
             measured = answer_parsed(parse_question(question, cameras), geometry)
         except QuestionError:
             measured = None  # not a grounded form: the model answers alone, with window facts beside it
-        frames = [max((f for f in snapshot.window.frames if f.camera == camera), key=lambda f: f.stamp_ns)
-                  for camera in cameras if any(f.camera == camera for f in snapshot.window.frames)]
+        frames = [snapshot.window.frames[geometry.newest_view(camera)] for camera in cameras
+                  if camera in geometry.cameras]
         tokenizer = self.model.tokenizer
         stopped = {"why": ""}
 

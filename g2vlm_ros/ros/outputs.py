@@ -48,10 +48,6 @@ class OutputSettings:
     odom_from_world: Optional[np.ndarray] = None  # 4x4, with scale_source tf
 
 
-def stamp_key(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def optical_frame(camera: str) -> str:
     """TF child frame of a camera's predicted pose: named after the camera, not the driver's frame,
     so that it never gives a frame of the robot's own TF tree a second parent."""

@@ -185,9 +185,7 @@ class PerceptionNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock:
             self._active = False
-            for subscription in self._camera_subscriptions:
-                self.destroy_subscription(subscription)
-            self._camera_subscriptions.clear()
+            self._unsubscribe()
             with self._window_lock:
                 if self.assembler is not None:
                     self.assembler.reset()
@@ -207,9 +205,7 @@ class PerceptionNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
         with self._transition_lock:
-            for subscription in self._camera_subscriptions:
-                self.destroy_subscription(subscription)
-            self._camera_subscriptions.clear()
+            self._unsubscribe()
             self._release()
             self.state_label = "finalized"
             return SUCCESS
@@ -217,6 +213,11 @@ class PerceptionNode(LifecycleNode):
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f"lifecycle error in state '{state.label}': releasing resources")
         return self.on_shutdown(state)
+
+    def _unsubscribe(self) -> None:
+        for subscription in self._camera_subscriptions:
+            self.destroy_subscription(subscription)
+        self._camera_subscriptions.clear()
 
     def _release(self) -> None:
         """Stops inference and frees the model; safe to call in any state, twice."""

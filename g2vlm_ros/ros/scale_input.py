@@ -38,6 +38,11 @@ from g2vlm_ros.runtime.scale_tracker import ScaleEstimate, ScaleTracker
 DEPTH_HISTORY = 30  # depth images kept for matching by stamp (1 s at 30 Hz)
 
 
+def newest_index(frames: list[Frame], camera: str) -> int:
+    """Index of `camera`'s newest frame in a window's frame list."""
+    return max((i for i, frame in enumerate(frames) if frame.camera == camera), key=lambda i: frames[i].stamp_ns)
+
+
 class ScaleInput:
     def __init__(self, node: Node, config, cameras: list[str], tf_input: Optional[TfInput], qos,
                  callback_group=None):
@@ -116,7 +121,7 @@ class ScaleInput:
 
     def _fit_depth(self, frames: list[Frame], result: GeometryResult) -> ScaleFit:
         camera = self.config.scale_depth_camera
-        index = max((i for i, frame in enumerate(frames) if frame.camera == camera), key=lambda i: frames[i].stamp_ns)
+        index = newest_index(frames, camera)
         target = frames[index].stamp_ns
         with self._depth_lock:
             candidates = list(self._depth_images)
@@ -138,8 +143,7 @@ class ScaleInput:
         Anchored on the newest frame of the first camera, so that its published pose agrees with TF
         exactly at the moment that matters most for the robot: now.
         """
-        candidates = [i for i, frame in enumerate(frames) if frame.camera == self.cameras[0]]
-        index = max(candidates, key=lambda i: frames[i].stamp_ns)
+        index = newest_index(frames, self.cameras[0])
         try:
             odom_from_camera = self._lookup(self.config.odom_frame, frames[index].header.frame_id,
                                             frames[index].stamp_ns)

@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from g2vlm_ros.geometry.rotations import rotation_angle_deg
 from g2vlm_ros.training.scenes import render_scenes
 
 HELD_OUT_SEED = 9_000_001  # training seeds are seed * 1_000_003 + step with step < total steps: disjoint
@@ -45,12 +46,12 @@ def scene_metrics(pred_depth: torch.Tensor, pred_poses: torch.Tensor, depth: tor
         for j in range(i + 1, views):
             true_rel = torch.linalg.inv(poses[i]) @ poses[j]
             pred_rel = torch.linalg.inv(pred_poses[i]) @ pred_poses[j]
-            rotations.append(_angle_deg((torch.trace(pred_rel[:3, :3].T @ true_rel[:3, :3]) - 1) / 2))
+            rotations.append(rotation_angle_deg((pred_rel[:3, :3].T @ true_rel[:3, :3]).numpy()))
             t_true, t_pred = true_rel[:3, 3], pred_rel[:3, 3]
             lengths = (t_true.norm() * t_pred.norm()).clamp_min(1e-12)
             translations.append(_angle_deg(torch.dot(t_true, t_pred) / lengths))
     if rotations:
-        metrics["rotation_deg"] = float(torch.stack(rotations).mean())
+        metrics["rotation_deg"] = float(sum(rotations) / len(rotations))
         metrics["translation_deg"] = float(torch.stack(translations).mean())
     return metrics
 
