@@ -60,6 +60,9 @@ NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0
 MAX_THROTTLE_KEYS = 256
 ASK_QUEUE_DEPTH = 256
+# Python's default 5 ms GIL hand-over lets a burst of question threads delay every GIL re-acquisition
+# of the camera and inference threads by several ms; a shorter interval keeps perception at its rate
+GIL_SWITCH_INTERVAL_S = 0.0005
 INFERENCE_STOP_TIMEOUT_S = 120.0  # cleanup waits this long for a window in flight (large models on CPUs)
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -427,6 +430,7 @@ def main(args: Optional[list[str]] = None) -> int:
     # a question being answered holds an executor thread until its answer is ready: keep enough threads
     # beyond max_concurrent_questions that camera input, services and timers never wait for answers
     executor = MultiThreadedExecutor(num_threads=4 + node.config.max_concurrent_questions)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     executor.add_node(node)
     try:
         node.autostart()
