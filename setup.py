@@ -10,6 +10,8 @@ setup(
     version="0.1.0",
     # Explicit, so the nested g2vlm_interfaces (ament_cmake) never becomes part of this package.
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    # the embedded demo model (docs/demo_model.md): the default when no checkpoint is configured
+    package_data={PACKAGE: ["demo_model/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

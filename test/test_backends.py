@@ -50,11 +50,18 @@ def test_torch_backend_runs_the_model_with_official_preprocessing(checkpoint):
     assert isinstance(result, GeometryResult) and result.size == (518, 392) and result.num_views == 2
     reference = load_checkpoint(checkpoint).reconstruct(preprocess(images), IDS["prompt_token_ids"],
                                                          IDS["special_token_ids"])
-    for ours, expected in ((result.world_points, reference["points"]), (result.depth, reference["depth"]),
-                           (result.camera_to_world, reference["camera_poses"])):
+    # the window's world frame is the first view's optical frame (geometry.window_frame)
+    first_inverse = torch.linalg.inv(reference["camera_poses"][0])
+    anchored_points = reference["points"] @ first_inverse[:3, :3].T + first_inverse[:3, 3]
+    for ours, expected in ((result.world_points, anchored_points), (result.depth, reference["depth"]),
+                           (result.camera_to_world, first_inverse @ reference["camera_poses"])):
         assert relative_error(ours, expected) < 1e-5
+    torch.testing.assert_close(result.camera_to_world[0], torch.eye(4), atol=1e-5, rtol=0)
     assert result.colors.dtype == torch.uint8 and result.colors.shape == (2, 392, 518, 3)
-    assert result.confidence is None  # no confidence head: nothing is faked
+    # no confidence head: the confidence is the agreement of the two point heads, and says so
+    assert result.confidence_source == "head_agreement"
+    gap = (anchored_points - reference["global_points"]).norm(dim=-1) / reference["depth"]
+    torch.testing.assert_close(result.confidence, torch.exp(-gap / 0.1), atol=1e-5, rtol=1e-4)
 
 
 def test_torch_backend_refuses_what_it_cannot_run(tiny_checkpoint, tmp_path):

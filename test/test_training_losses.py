@@ -78,3 +78,24 @@ def test_evaluation_metrics_are_scale_free_and_detect_errors():
     worse = scene_metrics(noisy_depth, turned, depth, poses)
     assert worse["depth_abs_rel"] > 0.1 and worse["depth_delta_1_25"] < 0.9
     assert worse["rotation_deg"] > 5.0
+
+
+def test_a_batch_of_scenes_costs_the_mean_of_its_scenes():
+    """batch_losses aligns every scene on its own: the batch equals the mean of single-scene losses."""
+    from g2vlm_ros.training.losses import batch_losses
+
+    depth, intrinsics, poses = scene()
+    first = perfect_raw(depth, intrinsics, poses, 2.0)
+    first["local_points"] = first["local_points"] * torch.linspace(0.8, 1.2, 28)[:, None]
+    second_poses = poses.clone()
+    second_poses[:, :3, 3] *= 3.0
+    second = perfect_raw(depth * 3.0, intrinsics, second_poses, 0.5)
+    second["rotation_raw"] = second["rotation_raw"] @ rotation_x(7.0)
+    raws, truths = (first, second), ((poses, depth, intrinsics), (second_poses, depth * 3.0, intrinsics))
+    singles = [scene_losses(raw, *truth, LossWeights()) for raw, truth in zip(raws, truths, strict=True)]
+    batch = batch_losses({key: torch.stack((first[key], second[key])) for key in first},
+                         torch.stack((poses, second_poses)), torch.stack((depth, depth * 3.0)),
+                         torch.stack((intrinsics, intrinsics)), LossWeights())
+    for key in ("local", "global", "camera", "normal", "total"):
+        expected = (float(singles[0][key]) + float(singles[1][key])) / 2
+        assert float(batch[key]) == pytest.approx(expected, rel=1e-5, abs=1e-7), key

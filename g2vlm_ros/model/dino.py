@@ -92,17 +92,18 @@ class Attention(nn.Module):
         self.output = AttentionOutput(config)
 
     def forward(self, flat: torch.Tensor, segment_length: int, segments: int) -> torch.Tensor:
-        """flat [T, C] -> [T, C]; attention inside each of `segments` blocks of `segment_length` rows."""
-        total, width = flat.shape
+        """flat [..., T, C] -> [..., T, C]; attention inside each of `segments` blocks of
+        `segment_length` rows of every flat sequence (leading axes: independent scenes)."""
+        *lead, total, width = flat.shape
         covered = segment_length * segments
 
         def split_heads(projection: nn.Linear) -> torch.Tensor:
-            x = projection(flat[:covered]).view(segments, segment_length, self.heads, width // self.heads)
+            x = projection(flat[..., :covered, :]).reshape(-1, segment_length, self.heads, width // self.heads)
             return x.transpose(1, 2)
 
         q, k, v = (split_heads(p) for p in (self.attention.query, self.attention.key, self.attention.value))
-        context = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(covered, width)
-        context = torch.cat((context, context.new_zeros(total - covered, width)), dim=0)
+        context = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(*lead, covered, width)
+        context = torch.cat((context, context.new_zeros(*lead, total - covered, width)), dim=-2)
         return self.output.dense(context)
 
 
@@ -148,7 +149,10 @@ class Encoder(nn.Module):
 
 
 class DinoEncoder(nn.Module):
-    """pixels [N,3,H,W] (ResNet-normalised, H and W multiples of 14) -> patch tokens [N, P, C]."""
+    """pixels [N,3,H,W] (ResNet-normalised, H and W multiples of 14) -> patch tokens [N, P, C].
+
+    With `scenes` > 1 the N views are that many scenes of N / scenes views each, consecutive; every
+    scene gets its own flat sequence and segmentation, exactly as if encoded alone."""
 
     def __init__(self, config: DinoConfig):
         super().__init__()
@@ -157,12 +161,13 @@ class DinoEncoder(nn.Module):
         self.encoder = Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, pixels: torch.Tensor, position_table: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, position_table: Optional[torch.Tensor] = None,
+                scenes: int = 1) -> torch.Tensor:
         tokens = self.embeddings(pixels, position_table)
         views, per_view, width = tokens.shape
         patches = (pixels.shape[2] // self.config.patch_size) * (pixels.shape[3] // self.config.patch_size)
-        flat = tokens.reshape(views * per_view, width)
+        flat = tokens.reshape(views * per_view, width) if scenes == 1 else tokens.reshape(scenes, -1, width)
         for layer in self.encoder.layer:
-            flat = layer(flat, segment_length=patches, segments=views)
+            flat = layer(flat, segment_length=patches, segments=views // scenes)
         tokens = self.layernorm(flat).reshape(views, per_view, width)
         return tokens[:, 1 + self.config.num_register_tokens:]

@@ -207,15 +207,19 @@ class G2VLM(nn.Module):
                                first_position: Optional[int] = None) -> tuple[torch.Tensor, KVCache, int]:
         """Runs the image block after `cache`.
 
-        images [N,3,H,W] in [0,1]; `first_position` is the next free M-RoPE position (the cache
-        length when only text precedes). Returns the last hidden states of the patch tokens
-        [N, P, C], the cache extended by the block, and the next free position.
+        images [N,3,H,W] in [0,1], or [B,N,3,H,W] for B independent scenes of N views each (one
+        batched pass, as training uses; the cache is then shared by all scenes); `first_position`
+        is the next free M-RoPE position (the cache length when only text precedes). Returns the
+        last hidden states of the patch tokens [(B,) N, P, C], the cache extended by the block,
+        and the next free position.
         """
-        views, _, height, width = images.shape
+        views, _, height, width = images.shape[-4:]
         start = len(cache) if first_position is None else first_position
         block = self.image_block_inputs(start, views, height // PATCH_SIZE, width // PATCH_SIZE, special)
-        patches = self.dino2llm(self.dino_model(normalize_for_dino(images.to(self.dtype))))
-        tokens, cache = self.run_image_block(patches, block, cache)
+        flat = normalize_for_dino(images.reshape(-1, *images.shape[-3:]).to(self.dtype))
+        scenes = images.shape[0] if images.ndim == 5 else 1
+        patches = self.dino2llm(self.dino_model(flat, scenes=scenes))
+        tokens, cache = self.run_image_block(patches.reshape(*images.shape[:-3], *patches.shape[1:]), block, cache)
         return tokens, cache, block.next_position
 
     def image_block_inputs(self, first_position: int, views: int, grid_h: int, grid_w: int,
@@ -230,30 +234,41 @@ class G2VLM(nn.Module):
 
     def run_image_block(self, patches: torch.Tensor, block: ImageBlockInputs,
                         cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """LLM-width patch embeddings [N, P, C] through the image block after `cache`; returns the
-        patch tokens' last hidden states [N, P, C] and the extended cache."""
-        views, per_view, width = patches.shape
+        """LLM-width patch embeddings [(B,) N, P, C] through the image block after `cache`; returns
+        the patch tokens' last hidden states [(B,) N, P, C] and the extended cache."""
+        *lead, views, per_view, width = patches.shape
+        markers = block.markers.expand(*lead, *block.markers.shape)
         _, geo, cache = self.language_model.forward_step(
-            TokenGroup(block.markers, block.und_cos, block.und_sin),
-            TokenGroup(patches.reshape(views * per_view, width), block.geo_cos, block.geo_sin),
+            TokenGroup(markers, block.und_cos, block.und_sin),
+            TokenGroup(patches.reshape(*lead, views * per_view, width), block.geo_cos, block.geo_sin),
             cache, causal=False)
-        return geo.reshape(views, per_view, -1), cache
+        return geo.reshape(*lead, views, per_view, -1), cache
 
     def decode_geometry_raw(self, tokens: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
         """Patch tokens [N, P, C] -> the heads' outputs before the pose's SVD step (exportable):
         local_points, global_points [N,H,W,3], rotation_raw [N,3,3], translation [N,3], and
-        conf [N,H,W] (logits) when the checkpoint has a confidence head."""
-        views = tokens.shape[0]
-        positions = patch_grid_positions(views, height // PATCH_SIZE, width // PATCH_SIZE, tokens.device)
+        conf [N,H,W] (logits) when the checkpoint has a confidence head. Tokens [B, N, P, C] of B
+        scenes give the same outputs with a leading B axis (global points relative to each
+        scene's first view)."""
+        if tokens.ndim == 4:
+            scenes, views = tokens.shape[:2]
+            first_views = tokens[:, :1].expand(-1, views, -1, -1).flatten(0, 1)
+            outputs = self._decode(tokens.flatten(0, 1), first_views, height, width)
+            return {key: value.unflatten(0, (scenes, views)) for key, value in outputs.items()}
+        return self._decode(tokens, tokens[:1].expand(tokens.shape[0], -1, -1), height, width)
+
+    def _decode(self, tokens: torch.Tensor, first_views: torch.Tensor, height: int,
+                width: int) -> dict[str, torch.Tensor]:
+        """The heads over views [V, P, C]; first_views [V, P, C] holds each view's scene's first view."""
+        positions = patch_grid_positions(tokens.shape[0], height // PATCH_SIZE, width // PATCH_SIZE, tokens.device)
         raw = self.point_head(self.point_decoder(tokens, positions), height, width)
         xy, log_z = raw.split((2, 1), dim=-1)
         z = torch.exp(log_z)
         rotation_raw, translation = self.camera_head(self.camera_decoder(tokens, positions))
-        first_view = tokens[:1].expand(views, -1, -1)
         outputs = {
             "local_points": torch.cat((xy * z, z), dim=-1),
             "global_points": self.global_point_head(
-                self.global_points_decoder(tokens, positions, first_view, positions), height, width),
+                self.global_points_decoder(tokens, positions, first_views, positions), height, width),
             "rotation_raw": rotation_raw,
             "translation": translation,
         }

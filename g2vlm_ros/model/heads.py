@@ -152,16 +152,39 @@ class ResidualMlpBlock(nn.Module):
         return x + F.relu(linear_fp32(self.res_conv3, y))
 
 
+class _SpecialPolar(torch.autograd.Function):
+    """R = V diag(1, 1, det(V U^T)) U^T for A^T = U S V^T: the rotation nearest to A.
+
+    Autograd through torch.linalg.svd differentiates U and V separately, with 1 / (s_i^2 - s_j^2)
+    terms; near a rotation every s_i is about 1, so those gradients explode (they cancel only in
+    exact arithmetic), which derails training. The polar factor's own derivative has the stable
+    denominators s_i + s_j instead (last one signed by the determinant), used here; the forward
+    pass is unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, matrices: torch.Tensor) -> torch.Tensor:
+        u, singular, vh = torch.linalg.svd(matrices.transpose(-1, -2))
+        v = vh.transpose(-1, -2)
+        det = torch.det(v @ u.transpose(-1, -2))
+        v = torch.cat((v[..., :2], v[..., 2:] * det[..., None, None]), dim=-1)
+        signed = torch.cat((singular[..., :2], singular[..., 2:] * det[..., None]), dim=-1)
+        ctx.save_for_backward(u, v, signed)
+        return v @ u.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        u, v, signed = ctx.saved_tensors
+        k = v.transpose(-1, -2) @ grad @ u
+        denominator = (signed[..., :, None] + signed[..., None, :]).clamp_min(1e-6)
+        return v @ ((k - k.transpose(-1, -2)) / denominator) @ u.transpose(-1, -2)
+
+
 def orthonormalize(matrices: torch.Tensor) -> torch.Tensor:
     """Nearest rotation to each 3x3 matrix [B,3,3] after normalising its rows (the official
     9D-to-SO(3) mapping): R = V diag(1, 1, det(V U^T)) U^T for the SVD of the row-normalised
-    matrix transposed, U S V^T."""
-    transposed = F.normalize(matrices, p=2, dim=-1).transpose(-1, -2)
-    u, _, vh = torch.linalg.svd(transposed)
-    v = vh.transpose(-1, -2)
-    det = torch.det(v @ u.transpose(-1, -2))
-    v = torch.cat((v[..., :2], v[..., 2:] * det[:, None, None]), dim=-1)
-    return v @ u.transpose(-1, -2)
+    matrix transposed, U S V^T (with a numerically stable gradient, see _SpecialPolar)."""
+    return _SpecialPolar.apply(F.normalize(matrices, p=2, dim=-1))
 
 
 def pose_matrix(rotation_raw: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:

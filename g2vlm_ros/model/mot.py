@@ -5,7 +5,9 @@ Qwen2 names and the geometry expert under the same names with the suffix `_moe_g
 is processed by one expert (its norms, Q/K/V/O projections, q/k norms and MLP), and all tokens of
 a step share one attention. The layer scales `ls1`/`ls2` apply to geometry tokens only.
 
-A step's new tokens come as two contiguous groups, `und` then `geo`. Grouping instead of
+A step's new tokens come as two contiguous groups, `und` then `geo`. Hidden states may carry
+leading batch axes ([..., L, C]: independent sequences of the same layout, used to train on
+several scenes per step); a cache without them is shared by every sequence. Grouping instead of
 scattering by index is exact: within a step the groups either form a non-causal block (image
 tokens), where attention does not depend on token order, or only `und` tokens are present (text,
 causal). It also keeps shapes static for export.
@@ -60,15 +62,11 @@ class LayerScale(nn.Module):
 
 @dataclass
 class TokenGroup:
-    """New tokens of one expert in a step: hidden states [L, C] and rotary cos/sin [L, head_dim]."""
+    """New tokens of one expert in a step: hidden states [..., L, C] and rotary cos/sin [L, head_dim]."""
 
     hidden: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
-
-
-def _split(group: Optional[TokenGroup], width: int, like: torch.Tensor) -> torch.Tensor:
-    return group.hidden if group is not None else like.new_zeros(0, width)
 
 
 class MoTAttention(nn.Module):
@@ -87,11 +85,11 @@ class MoTAttention(nn.Module):
             setattr(self, f"k_norm{suffix}", RMSNorm(head_dim, config.rms_norm_eps))
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, suffix: str):
-        """x [L, C] -> q [heads, L, D], k and v [kv_heads, L, D] with q/k norm and rotary applied."""
-        length = x.shape[0]
-        q = getattr(self, f"q_proj{suffix}")(x).view(length, self.heads, self.head_dim).transpose(0, 1)
-        k = getattr(self, f"k_proj{suffix}")(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1)
-        v = getattr(self, f"v_proj{suffix}")(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1)
+        """x [..., L, C] -> q [..., heads, L, D], k and v [..., kv_heads, L, D] with q/k norm and rotary applied."""
+        *lead, length, _ = x.shape
+        q = getattr(self, f"q_proj{suffix}")(x).view(*lead, length, self.heads, self.head_dim).transpose(-3, -2)
+        k = getattr(self, f"k_proj{suffix}")(x).view(*lead, length, self.kv_heads, self.head_dim).transpose(-3, -2)
+        v = getattr(self, f"v_proj{suffix}")(x).view(*lead, length, self.kv_heads, self.head_dim).transpose(-3, -2)
         q = getattr(self, f"q_norm{suffix}")(q)
         k = getattr(self, f"k_norm{suffix}")(k)
         q = apply_rope(q.float(), cos, sin).to(x.dtype)
@@ -99,26 +97,32 @@ class MoTAttention(nn.Module):
         return q, k, v
 
     def forward(self, und: Optional[TokenGroup], geo: Optional[TokenGroup], past: Optional[tuple], causal: bool):
-        """Returns (und_out [Lu, C], geo_out [Lg, C], (keys, values) [kv_heads, Lpast + Lu + Lg, D])."""
+        """Returns (und_out [..., Lu, C], geo_out [..., Lg, C], (keys, values) [..., kv_heads, Lpast + Lu + Lg, D])."""
         parts = [self._project(g.hidden, g.cos, g.sin, suffix) for g, suffix in ((und, ""), (geo, "_moe_geo"))
                  if g is not None]
-        q = torch.cat([p[0] for p in parts], dim=1)
-        k = torch.cat(([past[0]] if past is not None else []) + [p[1] for p in parts], dim=1)
-        v = torch.cat(([past[1]] if past is not None else []) + [p[2] for p in parts], dim=1)
+        q = torch.cat([p[0] for p in parts], dim=-2)
+        lead = q.shape[:-3]
+        # a cache without the batch axes is shared by every sequence of the batch
+        past = tuple(t.expand(*lead, *t.shape[-3:]) for t in past) if past is not None else None
+        k = torch.cat(([past[0]] if past is not None else []) + [p[1] for p in parts], dim=-2)
+        v = torch.cat(([past[1]] if past is not None else []) + [p[2] for p in parts], dim=-2)
         repeats = self.heads // self.kv_heads
-        k_all, v_all = (t.repeat_interleave(repeats, dim=0) if repeats > 1 else t for t in (k, v))
+        k_all, v_all = (t.repeat_interleave(repeats, dim=-3) if repeats > 1 else t for t in (k, v))
         mask = None
         if causal:
-            new, total = q.shape[1], k.shape[1]
+            new, total = q.shape[-2], k.shape[-2]
             # bottom-right aligned: new token i sees every cached key and new tokens up to i
             mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(diagonal=total - new)
         # a leading batch axis: without it PyTorch's fused (flash / memory-efficient) kernels refuse
         # the call and it falls back to the fp32 math kernel, ~30x slower for long image blocks
-        out = F.scaled_dot_product_attention(q[None], k_all[None], v_all[None], attn_mask=mask)[0]
-        out = out.transpose(0, 1).reshape(q.shape[1], self.heads * self.head_dim)
-        und_len = und.hidden.shape[0] if und is not None else 0
-        und_out = self.o_proj(out[:und_len]) if und is not None else None
-        geo_out = self.o_proj_moe_geo(out[und_len:]) if geo is not None else None
+        if not lead:
+            out = F.scaled_dot_product_attention(q[None], k_all[None], v_all[None], attn_mask=mask)[0]
+        else:
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        out = out.transpose(-3, -2).reshape(*lead, q.shape[-2], self.heads * self.head_dim)
+        und_len = und.hidden.shape[-2] if und is not None else 0
+        und_out = self.o_proj(out[..., :und_len, :]) if und is not None else None
+        geo_out = self.o_proj_moe_geo(out[..., und_len:, :]) if geo is not None else None
         return und_out, geo_out, (k, v)
 
 
@@ -163,13 +167,13 @@ class MoTModel(nn.Module):
 
 
 class KVCache:
-    """Keys/values of every layer for the tokens seen so far ([kv_heads, L, D] each)."""
+    """Keys/values of every layer for the tokens seen so far ([..., kv_heads, L, D] each)."""
 
     def __init__(self, layers: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None):
         self.layers = layers or []
 
     def __len__(self) -> int:
-        return 0 if not self.layers else int(self.layers[0][0].shape[1])
+        return 0 if not self.layers else int(self.layers[0][0].shape[-2])
 
     def get(self, index: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         return self.layers[index] if self.layers else None

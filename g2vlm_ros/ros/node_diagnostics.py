@@ -36,6 +36,10 @@ def _model(node, name: str, hardware_id: str) -> StatusBuilder:
             model.add(key, value)
         if backend.is_placeholder:
             model.set(WARN, "test placeholder backend: outputs are not geometry")
+        elif node.uses_demo_model:
+            model.add("checkpoint", "embedded demo model")
+            model.set(WARN, "embedded demo model (synthetic-trained, 11.7 M parameters): set checkpoint_path "
+                            "for G2VLM-2B")
     for key, value in gpu_memory().items():
         model.add(key, value)
     return model
@@ -60,6 +64,9 @@ def _inference(node, name: str, hardware_id: str) -> StatusBuilder:
         inference.add("frames_unmatched", stats.frames_unmatched).add("frames_out_of_order", stats.out_of_order)
         if node.config.odom_frame:
             inference.add("keyframe_motion_unknown", stats.motion_unknown)
+    snapshot = node.latest_snapshot()
+    if snapshot is not None:  # head | head_agreement (no confidence head: the two point heads compared) | none
+        inference.add("confidence_source", snapshot.result.confidence_source)
     inference.add("tf_output", node.tf_output.mode)
     if node.tf_input is not None:
         inference.add("tf_input", node.tf_input.mode)

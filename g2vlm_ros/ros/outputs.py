@@ -3,9 +3,11 @@
 Per camera (under the node's namespace, e.g. /g2vlm/<camera>/...), for its newest frame:
   depth_relative  32FC1, model units, when the window has no metric scale
   depth           32FC1, metres (REP 118, NaN invalid), only when the window has a metric scale
-  confidence      32FC1 in [0,1]; the topic exists only once the model has predicted confidence
+  confidence      32FC1 in [0,1]: the confidence head's, or for checkpoints without one the
+                  agreement of the two point heads (diagnostics: confidence_source)
   camera_info     the camera's own CameraInfo, or intrinsics estimated from the model's point map
   pose            PoseStamped camera-to-world in world_frame
+world_frame is the window's first view's optical frame (geometry.window_frame).
 Per window: points (PointCloud2 of every view in world_frame), poses (PoseArray of every view),
 path (nav_msgs/Path of the first camera's frames in time order) and /tf: world_frame ->
 <camera>_optical for each camera's newest frame, plus odom_frame -> world_frame with TF scale.

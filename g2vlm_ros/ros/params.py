@@ -70,8 +70,8 @@ PARAMETERS = (
     ParamSpec("input_qos", "sensor_data", "QoS of camera subscriptions: sensor_data (best effort, "
               "the REP 2003 camera profile) or reliable (e.g. for bag playback).", choices=INPUT_QOS_CHOICES),
     ParamSpec("output_qos", "reliable", "Reliability of the published outputs.", choices=OUTPUT_QOS_CHOICES),
-    ParamSpec("world_frame", "g2vlm_world", "Frame of the point cloud, poses and path: the model's "
-              "reconstruction frame of the current window. Its origin moves from window to window unless "
+    ParamSpec("world_frame", "g2vlm_world", "Frame of the point cloud, poses and path: the optical "
+              "frame of the current window's first view. Its origin moves from window to window unless "
               "scale_source is tf, which places it in odom_frame on TF."),
     ParamSpec("odom_frame", "", "Odometry frame (e.g. odom) for scale_source tf: camera positions are looked "
               "up in it and odom_frame -> world_frame is broadcast. Empty: not used."),
@@ -124,8 +124,9 @@ PARAMETERS = (
               int_range=(1, 64)),
     ParamSpec("voxel_size", 0.0, "Merge cloud points per voxel of this edge (world units: metres with a "
               "metric scale); 0 disables.", read_only=False, float_range=(0.0, 100.0)),
-    ParamSpec("confidence_threshold", 0.0, "Drop cloud points below this confidence (when the model "
-              "predicts confidence).", read_only=False, float_range=(0.0, 1.0)),
+    ParamSpec("confidence_threshold", 0.0, "Drop cloud points below this confidence: the model's "
+              "confidence head, or the agreement of its two point heads when it has none.",
+              read_only=False, float_range=(0.0, 1.0)),
     ParamSpec("max_question_bytes", 4096, "Longest accepted /g2vlm/ask question in UTF-8 bytes.",
               int_range=(1, 1_000_000)),
     ParamSpec("max_concurrent_questions", 4, "Questions answered at once; more are refused at once (busy), "

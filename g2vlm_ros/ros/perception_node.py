@@ -65,6 +65,12 @@ ASK_QUEUE_DEPTH = 256
 GIL_SWITCH_INTERVAL_S = 0.0005
 INFERENCE_STOP_TIMEOUT_S = 120.0  # cleanup waits this long for a window in flight (large models on CPUs)
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+DEMO_MODEL_WARNING = (
+    "\n" + "=" * 78 + "\n"
+    "NO checkpoint_path SET: running the EMBEDDED DEMO MODEL, not the released G2VLM-2B.\n"
+    "It is an 11.7 M-parameter G2VLM trained only on synthetic rooms (docs/demo_model.md): fine for\n"
+    "trying the package, coarse on real scenes. For real use set checkpoint_path to the\n"
+    "InternRobotics/G2VLM-2B-MoT folder.\n" + "=" * 78)
 
 
 @dataclass
@@ -88,6 +94,7 @@ class PerceptionNode(LifecycleNode):
         self.state_label = "unconfigured"
         self.backend: Optional[GeometryBackend] = None
         self.backend_error = "not configured yet"
+        self.uses_demo_model = False  # set at configure: no checkpoint_path, the embedded demo model runs
         self.windows_rate_limited = 0
         self._active = False
         self._last_log: dict[tuple[str, str], float] = {}
@@ -142,7 +149,10 @@ class PerceptionNode(LifecycleNode):
                                         f"{self.backend_error}")
                 return FAILURE
             self.backend, self.backend_error = backend, ""
+            self.uses_demo_model = request.uses_demo_model
             self.get_logger().info(f"backend ready: {backend.describe()}")
+            if self.uses_demo_model:
+                self.get_logger().warning(DEMO_MODEL_WARNING)
             self.ask_handler.answerer = self._answerer_for(backend)
             if backend.is_placeholder:
                 self.get_logger().warning(

@@ -9,6 +9,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from g2vlm_ros.geometry.window_frame import anchor_to_first_camera, head_agreement_confidence
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend cannot be created here (missing weights, package, device or implementation)."""
@@ -34,16 +36,28 @@ class GeometryResult:
     camera_to_world: torch.Tensor  # [N,4,4] float32
     intrinsics: torch.Tensor  # [N,3,3], for the (H, W) working resolution
     colors: torch.Tensor  # [N,H,W,3] uint8: the input images at the working resolution
-    confidence: Optional[torch.Tensor] = None  # [N,H,W] float32 in [0,1]; None: the model has none
+    confidence: Optional[torch.Tensor] = None  # [N,H,W] float32 in [0,1]; None: none available
     metric: bool = False
+    # where `confidence` comes from: "head" (the checkpoint's confidence head), "head_agreement"
+    # (posed local points vs global points, g2vlm_ros.geometry.window_frame) or "none"
+    confidence_source: str = "none"
 
     @classmethod
     def from_reconstruction(cls, reconstruction, colors: torch.Tensor) -> GeometryResult:
-        """From a `g2vlm_ros.model` Reconstruction (mapping of tensors) and the resized inputs."""
+        """From a `g2vlm_ros.model` Reconstruction (mapping of tensors) and the resized inputs.
+
+        The world frame becomes the first view's optical frame (see window_frame); without a
+        confidence head the confidence is the agreement of the two point heads."""
+        camera_to_world, world_points = anchor_to_first_camera(reconstruction["camera_poses"], reconstruction["points"])
+        confidence, source = reconstruction.get("confidence"), "head"
+        if confidence is None and "global_points" in reconstruction:
+            confidence = head_agreement_confidence(world_points, reconstruction["global_points"],
+                                                   reconstruction["depth"])
+            source = "head_agreement"
         return cls(depth=reconstruction["depth"], local_points=reconstruction["local_points"],
-                   world_points=reconstruction["points"], camera_to_world=reconstruction["camera_poses"],
-                   intrinsics=reconstruction["intrinsics"], colors=colors,
-                   confidence=reconstruction.get("confidence"))
+                   world_points=world_points, camera_to_world=camera_to_world,
+                   intrinsics=reconstruction["intrinsics"], colors=colors, confidence=confidence,
+                   confidence_source=source if confidence is not None else "none")
 
 
     @property

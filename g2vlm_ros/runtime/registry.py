@@ -8,13 +8,17 @@
 It never picks the `test_pattern` placeholder: a user who asks for a model gets a model or a clear
 error listing why each backend was not usable.
 
+Without a checkpoint_path the model backends run the embedded demo model (DEMO_CHECKPOINT: 11.7 M
+parameters trained on procedural rooms, docs/demo_model.md), so the package works out of the box;
+the node says so loudly, in its log and diagnostics.
+
 `plugin:<module>:<Class>` loads a GeometryBackend subclass from an importable module of the user's
 (constructed with the BackendRequest), for models or runtimes this package does not ship.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Optional
@@ -26,6 +30,7 @@ MODEL_BACKENDS = ("tensorrt", "onnxruntime", "torch")
 BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + ("test_pattern",)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PLUGIN_PREFIX = "plugin:"
+DEMO_CHECKPOINT = Path(g2vlm_ros.__file__).resolve().parent / "demo_model"
 
 
 def default_engine_dir() -> Path:
@@ -45,6 +50,15 @@ class BackendRequest:
     precision: str = "auto"
     cuda_graphs: bool = False
     allow_engine_rebuild: bool = False
+
+    @property
+    def uses_demo_model(self) -> bool:
+        """True when a model backend will run the embedded demo model (no checkpoint configured)."""
+        return not self.checkpoint_path and (self.backend == "auto" or self.backend in MODEL_BACKENDS)
+
+    def with_demo_model(self) -> BackendRequest:
+        """This request, pointed at the embedded demo model when no checkpoint is configured."""
+        return replace(self, checkpoint_path=str(DEMO_CHECKPOINT)) if self.uses_demo_model else self
 
     @property
     def engines(self) -> Path:
@@ -107,6 +121,7 @@ def create_backend(request: BackendRequest) -> GeometryBackend:
         from g2vlm_ros.runtime.test_pattern import TestPatternBackend
 
         return TestPatternBackend()
+    request = request.with_demo_model()
     if request.backend != "auto":
         return _create_model_backend(request.backend, request)
     reasons = []

@@ -46,7 +46,7 @@ def scene_metrics(pred_depth: torch.Tensor, pred_poses: torch.Tensor, depth: tor
         for j in range(i + 1, views):
             true_rel = torch.linalg.inv(poses[i]) @ poses[j]
             pred_rel = torch.linalg.inv(pred_poses[i]) @ pred_poses[j]
-            rotations.append(rotation_angle_deg((pred_rel[:3, :3].T @ true_rel[:3, :3]).numpy()))
+            rotations.append(rotation_angle_deg((pred_rel[:3, :3].T @ true_rel[:3, :3]).cpu().numpy()))
             t_true, t_pred = true_rel[:3, 3], pred_rel[:3, 3]
             lengths = (t_true.norm() * t_pred.norm()).clamp_min(1e-12)
             translations.append(_angle_deg(torch.dot(t_true, t_pred) / lengths))

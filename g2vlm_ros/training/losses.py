@@ -36,9 +36,9 @@ def local_points_from_depth(depth: torch.Tensor, intrinsics: torch.Tensor) -> to
 
 
 def point_normals(points: torch.Tensor) -> torch.Tensor:
-    """Unit normals [V,H-1,W-1,3] of a point map [V,H,W,3] from its right and down neighbours."""
-    right = points[:, :-1, 1:] - points[:, :-1, :-1]
-    down = points[:, 1:, :-1] - points[:, :-1, :-1]
+    """Unit normals [..., H-1, W-1, 3] of point maps [..., H, W, 3] from their right and down neighbours."""
+    right = points[..., :-1, 1:, :] - points[..., :-1, :-1, :]
+    down = points[..., 1:, :-1, :] - points[..., :-1, :-1, :]
     return F.normalize(torch.cross(right, down, dim=-1), dim=-1, eps=1e-8)
 
 
@@ -46,35 +46,49 @@ def scene_losses(raw: dict[str, torch.Tensor], poses: torch.Tensor, depth: torch
                  weights: LossWeights) -> dict[str, torch.Tensor]:
     """Losses of one scene: raw = G2VLM.decode_geometry_raw output for its V views; ground truth
     camera_to_world [V,4,4], depth [V,H,W], intrinsics [V,3,3]. Returns named scalar losses and 'total'."""
+    batched = {key: value[None] for key, value in raw.items()}
+    return batch_losses(batched, poses[None], depth[None], intrinsics[None], weights)
+
+
+def batch_losses(raw: dict[str, torch.Tensor], poses: torch.Tensor, depth: torch.Tensor, intrinsics: torch.Tensor,
+                 weights: LossWeights) -> dict[str, torch.Tensor]:
+    """Mean losses over B scenes of V views each, every scene aligned on its own: raw =
+    G2VLM.decode_geometry_raw output for tokens [B,V,P,C]; camera_to_world [B,V,4,4], depth
+    [B,V,H,W], intrinsics [B,V,3,3]. Returns named scalar losses and 'total'."""
     from g2vlm_ros.model.heads import pose_matrix
 
-    true_local = local_points_from_depth(depth, intrinsics)
-    world_to_first = torch.linalg.inv(poses[0])
-    relative = world_to_first @ poses  # every camera in the first camera's frame (the model's world)
-    true_global = torch.einsum("vij,vhwj->vhwi", relative[:, :3, :3], true_local) + relative[:, None, None, :3, 3]
-    norm = true_local.norm(dim=-1).mean().clamp_min(1e-6)  # scene scale: mean distance camera -> surface
+    scenes, views = depth.shape[:2]
+    per_scene = (1, 2, 3, 4)  # reduce over views, rows, columns, xyz
+    true_local = local_points_from_depth(depth.flatten(0, 1), intrinsics.flatten(0, 1)).unflatten(0, (scenes, views))
+    relative = torch.linalg.inv(poses[:, :1]) @ poses  # cameras in their scene's first camera frame (model world)
+    true_global = (torch.einsum("bvij,bvhwj->bvhwi", relative[..., :3, :3], true_local)
+                   + relative[:, :, None, None, :3, 3])
+    # scene scale: mean distance camera -> surface
+    norm = true_local.norm(dim=-1).mean((1, 2, 3)).clamp_min(1e-6)[:, None, None, None, None]
     true_local, true_global = true_local / norm, true_global / norm
-    true_translation = relative[:, :3, 3] / norm
+    true_translation = relative[..., :3, 3] / norm[..., 0, 0]
 
     predicted_local = raw["local_points"].float()
-    # least-squares scale aligning the prediction to the normalised truth (kept in the graph, as in π³)
-    scale = (predicted_local * true_local).sum() / (predicted_local * predicted_local).sum().clamp_min(1e-8)
+    # least-squares scale per scene aligning the prediction to the normalised truth (kept in the graph, as in π³)
+    scale = ((predicted_local * true_local).sum(per_scene)
+             / (predicted_local * predicted_local).sum(per_scene).clamp_min(1e-8))[:, None, None, None, None]
     aligned_local = scale * predicted_local
     inverse_depth = 1.0 / true_local[..., 2:].clamp_min(1e-3)
-    local = ((aligned_local - true_local).abs() * inverse_depth).mean()
-    global_points = (scale * raw["global_points"].float() - true_global).abs().mean()
+    local = ((aligned_local - true_local).abs() * inverse_depth).mean(per_scene)
+    global_points = (scale * raw["global_points"].float() - true_global).abs().mean(per_scene)
 
-    predicted_poses = pose_matrix(raw["rotation_raw"], raw["translation"])
-    predicted_poses = torch.linalg.inv(predicted_poses[0]) @ predicted_poses  # same frame as the truth
-    rotation_error = (predicted_poses[:, None, :3, :3].transpose(-1, -2) @ predicted_poses[None, :, :3, :3]
-                      - relative[:, None, :3, :3].transpose(-1, -2) @ relative[None, :, :3, :3])
-    predicted_pairs = predicted_poses[None, :, :3, 3] - predicted_poses[:, None, :3, 3]
-    true_pairs = true_translation[None, :, :] - true_translation[:, None, :]
-    camera = rotation_error.pow(2).sum((-1, -2)).add(1e-8).sqrt().mean() + F.huber_loss(
-        scale * predicted_pairs, true_pairs, delta=0.1)
-    normal = (1 - (point_normals(aligned_local) * point_normals(true_local)).sum(-1)).mean()
-    parts = {"local": local, "global": global_points, "camera": camera, "normal": normal}
-    parts["total"] = (weights.local * local + weights.global_points * global_points + weights.camera * camera
-                      + weights.normal * normal)
-    parts["scale"] = scale.detach()
+    predicted_poses = pose_matrix(raw["rotation_raw"].flatten(0, 1), raw["translation"].flatten(0, 1))
+    predicted_poses = predicted_poses.unflatten(0, (scenes, views))
+    predicted_poses = torch.linalg.inv(predicted_poses[:, :1]) @ predicted_poses  # same frame as the truth
+    rotation_error = (predicted_poses[:, :, None, :3, :3].transpose(-1, -2) @ predicted_poses[:, None, :, :3, :3]
+                      - relative[:, :, None, :3, :3].transpose(-1, -2) @ relative[:, None, :, :3, :3])
+    predicted_pairs = predicted_poses[:, None, :, :3, 3] - predicted_poses[:, :, None, :3, 3]
+    true_pairs = true_translation[:, None, :, :] - true_translation[:, :, None, :]
+    camera = (rotation_error.pow(2).sum((-1, -2)).add(1e-8).sqrt().mean((1, 2))
+              + F.huber_loss(scale[..., 0] * predicted_pairs, true_pairs, delta=0.1, reduction="none").mean((1, 2, 3)))
+    normal = (1 - (point_normals(aligned_local) * point_normals(true_local)).sum(-1)).mean((1, 2, 3))
+    parts = {"local": local.mean(), "global": global_points.mean(), "camera": camera.mean(), "normal": normal.mean()}
+    parts["total"] = (weights.local * parts["local"] + weights.global_points * parts["global"]
+                      + weights.camera * parts["camera"] + weights.normal * parts["normal"])
+    parts["scale"] = scale.detach().mean()
     return parts

@@ -6,7 +6,9 @@
 Same model code as the released checkpoint (official key layout), a small configuration
 (DEMO_CONFIG), the geometry path only, π³-style scale-invariant losses (training.losses). Scenes are
 rendered on the GPU at the node's input size (392x518), a fresh batch per step, seeded by the
-step, so a run is reproducible. Each save writes the checkpoint folder (config JSONs,
+step, so a run is reproducible. All scenes of a step go through the model as one batch
+([B,V,3,H,W]): the model is small, so a per-scene loop would leave the GPU waiting on kernel
+launches (docs/demo_model.md). Each save writes the checkpoint folder (config JSONs,
 model.safetensors in bf16, token_ids.json) plus train_state.pt (fp32 weights and optimizer, for
 --resume) and appends a line per log interval to training_log.jsonl.
 """
@@ -24,7 +26,7 @@ import torch
 
 from g2vlm_ros.model import G2VLM, save_checkpoint, tiny_config
 from g2vlm_ros.model.checkpoint import initial_value
-from g2vlm_ros.training.losses import LossWeights, scene_losses
+from g2vlm_ros.training.losses import LossWeights, batch_losses
 from g2vlm_ros.training.scenes import render_scenes
 
 # the demo model: 4 text layers of width 128 per expert, a 6-layer DINO of width 192; about 12 M parameters
@@ -48,17 +50,19 @@ def build_model(device: torch.device, seed: int) -> G2VLM:
 
 
 def geometry_forward(model: G2VLM, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The differentiable part of G2VLM.reconstruct for one scene: images [V,3,H,W] -> raw head outputs."""
+    """The differentiable part of G2VLM.reconstruct: images [V,3,H,W] of one scene or [B,V,3,H,W] of
+    B scenes -> raw head outputs (with the leading B axis when given)."""
     cache = model.prefix_cache(PROMPT_IDS, SPECIAL)
     tokens, _, _ = model.encode_geometry_tokens(images, cache, SPECIAL)
     return model.decode_geometry_raw(tokens, images.shape[-2], images.shape[-1])
 
 
-def save(model: G2VLM, optimizer, step: int, folder: Path) -> None:
+def save(model: G2VLM, optimizer, step: int, trained_minutes: float, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, folder, dtype="bf16")
     (folder / "token_ids.json").write_text(json.dumps({"prompt_token_ids": PROMPT_IDS, "special_token_ids": SPECIAL}))
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "trained_minutes": trained_minutes},
                folder / "train_state.pt")
 
 
@@ -67,7 +71,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of this run")
     parser.add_argument("--total-steps", type=int, default=6000, help="steps of the whole schedule (LR decay)")
-    parser.add_argument("--batch", type=int, default=4, help="scenes per step")
+    parser.add_argument("--schedule-minutes", type=float, default=0.0,
+                        help="if > 0: the schedule spans this much training time (over all resumed runs) instead "
+                             "of --total-steps, so a run fills a time budget whatever the GPU")
+    parser.add_argument("--batch", type=int, default=16, help="scenes per step")
     parser.add_argument("--views", type=int, nargs="+", default=[2, 3, 4], help="views per scene, drawn per step")
     parser.add_argument("--height", type=int, default=392)
     parser.add_argument("--width", type=int, default=518)
@@ -83,12 +90,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     model = build_model(device, args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
-    step = 0
+    step, previous_minutes = 0, 0.0
     if args.resume:
         state = torch.load(args.out / "train_state.pt", map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+        previous_minutes = state.get("trained_minutes", 0.0)
     model.train()
     weights = LossWeights()
     parameters = sum(p.numel() for p in model.parameters())
@@ -96,44 +104,50 @@ def main(argv: Optional[list[str]] = None) -> int:
     log = (args.out / "training_log.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     counted = 0
-    while step < args.total_steps and time.perf_counter() - started < args.minutes * 60:
+
+    def trained_minutes() -> float:
+        return previous_minutes + (time.perf_counter() - started) / 60
+
+    def progress() -> float:
+        if args.schedule_minutes > 0:
+            return trained_minutes() / args.schedule_minutes
+        return step / args.total_steps
+
+    while progress() < 1.0 and time.perf_counter() - started < args.minutes * 60:
         warmup = min(1.0, (step + 1) / 200)
-        lr = args.lr * warmup * 0.5 * (1 + math.cos(math.pi * min(step / args.total_steps, 1.0)))
+        lr = args.lr * warmup * 0.5 * (1 + math.cos(math.pi * min(progress(), 1.0)))
         for group in optimizer.param_groups:
             group["lr"] = lr
         views = args.views[step % len(args.views)]
         batch = render_scenes(args.batch, views, args.height, args.width, seed=args.seed * 1_000_003 + step,
                               device=device)
         optimizer.zero_grad(set_to_none=True)
-        totals = []
-        for item in range(args.batch):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                raw = geometry_forward(model, batch.images[item])
-            parts = scene_losses(raw, batch.camera_to_world[item], batch.depth[item], batch.intrinsics[item], weights)
-            totals.append(parts["total"])
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            counted += 1
-        loss = torch.stack(totals).mean()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            raw = geometry_forward(model, batch.images)
+        parts = batch_losses(raw, batch.camera_to_world, batch.depth, batch.intrinsics, weights)
+        loss = parts["total"]
         if not torch.isfinite(loss):
             print(f"step {step}: non-finite loss, batch skipped", flush=True)
             step += 1
             continue
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        for key, value in parts.items():  # summed on the device: no extra host sync per step
+            sums[key] = sums.get(key, 0.0) + value.detach()
+        counted += 1
         step += 1
         if step % args.log_every == 0:
-            entry = {"step": step, "lr": lr, "grad_norm": grad_norm, "minutes": (time.perf_counter() - started) / 60,
-                     **{key: value / counted for key, value in sums.items()}}
+            entry = {"step": step, "lr": lr, "minutes": trained_minutes(),
+                     **{key: float(value) / counted for key, value in sums.items()}}
             print(json.dumps(entry), flush=True)
             with log.open("a") as handle:
                 handle.write(json.dumps(entry) + "\n")
             sums, counted = {}, 0
-    save(model, optimizer, step, args.out)
-    print(f"saved step {step} to {args.out} after {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    save(model, optimizer, step, trained_minutes(), args.out)
+    print(f"saved step {step} to {args.out} after {trained_minutes():.1f} min of training", flush=True)
     return 0
 
 
