@@ -32,7 +32,7 @@ PACKAGE = "g2vlm_ros"
 PARAMETER_OVERRIDES = {
     "cameras": "comma-separated camera names, e.g. front,rear (topics: <name>.image_topic ... in params_file)",
     "backend": "auto | tensorrt | onnxruntime | torch (test_pattern: geometry-free I/O test only)",
-    "checkpoint_path": "G2VLM checkpoint folder in the official layout",
+    "checkpoint_path": "G2VLM checkpoint folder in the official layout (empty: the embedded demo model)",
     "engine_dir": "folder of compiled engines and ONNX graphs",
     "device": "cuda | cuda:N | cpu",
     "precision": "torch backend: auto | fp32 | fp16 | bf16",

@@ -15,7 +15,7 @@ from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryResult
 from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
 from g2vlm_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from g2vlm_ros.runtime.preprocess import prepare_images, resize_on_device
-from g2vlm_ros.runtime.registry import BackendRequest, create_backend
+from g2vlm_ros.runtime.registry import DEMO_CHECKPOINT, BackendRequest, create_backend
 from g2vlm_ros.runtime.torch_backend import TorchBackend
 from test_node_process import image_to_numpy_float, rgb_image, stamped
 
@@ -101,8 +101,12 @@ def test_auto_prefers_exported_graphs_then_the_checkpoint(checkpoint, tmp_path):
                          model_hash=checkpoint_fingerprint(checkpoint))
     assert create_backend(BackendRequest(backend="auto", checkpoint_path=str(checkpoint), engine_dir=str(engines),
                                          device="cpu")).name == "onnxruntime"
+    # no checkpoint configured: the embedded demo model, on the torch backend (no graphs exported for it)
+    demo = create_backend(BackendRequest(backend="auto", engine_dir=str(tmp_path / "empty"), device="cpu"))
+    assert demo.name == "torch" and demo.checkpoint == DEMO_CHECKPOINT
     with pytest.raises(BackendUnavailableError, match="tensorrt.*onnxruntime.*torch"):
-        create_backend(BackendRequest(backend="auto", engine_dir=str(tmp_path / "empty"), device="cpu"))
+        create_backend(BackendRequest(backend="auto", checkpoint_path=str(tmp_path / "missing"),
+                                      engine_dir=str(tmp_path / "empty"), device="cpu"))
 
 
 def test_tensorrt_backend_needs_a_gpu_and_says_so():

@@ -94,8 +94,10 @@ def test_backends_refuse_bad_images(images):
 
 
 def test_auto_never_selects_the_placeholder_and_explains_why():
+    # without a checkpoint, auto runs the embedded demo model: a real model, never the placeholder
+    assert not create_backend(BackendRequest(backend="auto", device="cpu")).is_placeholder
     with pytest.raises(BackendUnavailableError) as caught:
-        create_backend(BackendRequest(backend="auto"))
+        create_backend(BackendRequest(backend="auto", checkpoint_path="/nonexistent/checkpoint"))
     message = str(caught.value)
     assert "tensorrt" in message and "onnxruntime" in message and "torch" in message
     with pytest.raises(BackendUnavailableError, match="unknown backend 'magic'"):

@@ -96,7 +96,8 @@ PARAMETERS = (
               "first that can run; test_pattern is a geometry-free placeholder for I/O tests only; "
               "plugin:<module>:<Class> loads a GeometryBackend subclass of your own.",
               choices=BACKEND_CHOICES),
-    ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout."),
+    ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout; empty: the "
+              "embedded demo model (small, trained on synthetic rooms only)."),
     ParamSpec("engine_dir", "", "Folder of compiled engines and ONNX graphs (empty: the package's engines/)."),
     ParamSpec("device", "cuda", "Compute device for torch/onnxruntime backends (cuda, cuda:N or cpu)."),
     ParamSpec("precision", "auto", "Model precision for the torch backend: auto (bf16 on GPUs that support it, "

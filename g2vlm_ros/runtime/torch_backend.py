@@ -77,6 +77,7 @@ class TorchBackend(NetworkBackend):
         folder = Path(checkpoint_path) if checkpoint_path else None
         if folder is None or not folder.is_dir():
             raise BackendUnavailableError(f"backend 'torch': checkpoint folder '{checkpoint_path}' does not exist")
+        self.checkpoint: Optional[Path] = folder
         self.device = self.input_device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         try:
@@ -100,6 +101,7 @@ class TorchBackend(NetworkBackend):
         """A backend around an already loaded model (benchmarks and tools)."""
         backend = cls.__new__(cls)
         backend.model, backend.device, backend.precision = model, model.device, precision
+        backend.checkpoint = None
         backend.input_device = model.device
         backend.prefix_token_ids, backend.special_token_ids = prefix_token_ids, special_token_ids
         backend.cuda_graphs, backend.compile = cuda_graphs and model.device.type == "cuda", compile
@@ -111,7 +113,10 @@ class TorchBackend(NetworkBackend):
         return f"{self.name} on {self.device} ({self.precision})"
 
     def details(self) -> dict[str, str]:
-        return {"device": str(self.device), "mode": self.name}
+        details = {"device": str(self.device), "mode": self.name}
+        if self.checkpoint is not None:
+            details["checkpoint"] = str(self.checkpoint)
+        return details
 
     def _network(self, bucket: Bucket):
         network = GeometryGraph(self.model, bucket, self.prefix_token_ids, self.special_token_ids).eval()

@@ -1,0 +1,254 @@
+"""Plays camera data as ROS 2 topics: synthetic rooms, a folder of images, a video or a rosbag2/MCAP.
+
+  ros2 run g2vlm_ros play synthetic                       # /camera/image_raw + /camera/camera_info
+  ros2 run g2vlm_ros play ~/frames --camera front --rate 10
+  ros2 run g2vlm_ros play walk.mp4                        # at the video's frame rate
+  ros2 run g2vlm_ros play recording.mcap --speed 0.5      # or a rosbag2 folder, or a .db3 file
+
+Images (synthetic, folder, video) go out as sensor_msgs/Image rgb8 on /<camera>/image_raw in the
+frame <camera>_optical, stamped with the current time, looping until Ctrl-C (--no-loop: once).
+Synthetic rooms also publish their exact intrinsics on /<camera>/camera_info.
+
+A bag publishes every topic whose message type is installed here under its own name, paced by
+its recording times (--speed), once (--loop: again and again). Header stamps are shifted by
+(playback start - recording start), so the data looks live and keeps its timing between topics;
+--keep-stamps publishes them as recorded (for use_sim_time setups). Bags are read with `rosbags`
+(PyPI), so no ROS install is needed for this.
+
+Publishers are reliable (depth 10): they reach both SensorData (best effort) and reliable
+subscribers. /tf_static is transient local, as tf2 expects. DDS discovery takes up to about 3 s
+and messages sent before it are lost: --wait-for-subscriber S holds the first message until
+something subscribes (at most S s), and at exit play waits for subscribers to acknowledge.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from g2vlm_ros.playback.bag import BagError, Recording, is_bag, shift_header_stamps
+from g2vlm_ros.playback.frames import SYNTHETIC_SEED, PlaybackFrame, open_sequence
+
+DEFAULT_IMAGE_RATE_HZ = 5.0
+
+
+@dataclass(frozen=True)
+class StartPolicy:
+    """When the first message goes out, once the publishers exist (messages published before
+    DDS discovery matched a subscriber are lost to it; discovery takes 0.2-3 s on one host)."""
+
+    delay_s: float  # always pause this long
+    wait_for_subscriber_s: float  # and wait up to this long for a first subscriber (0: do not wait)
+
+
+def wait_for_subscribers(node, publishers: list, start: StartPolicy) -> None:
+    deadline = time.monotonic() + start.wait_for_subscriber_s
+    while time.monotonic() < deadline and not any(p.get_subscription_count() for p in publishers):
+        time.sleep(0.05)
+    if start.wait_for_subscriber_s and not any(p.get_subscription_count() for p in publishers):
+        node.get_logger().warning(f"no subscriber after {start.wait_for_subscriber_s:g} s; playing anyway")
+    time.sleep(start.delay_s)  # also lets the subscriber's side finish matching this publisher
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when the package is not installed."""
+    package, kind, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def camera_info_message(intrinsics: np.ndarray, width: int, height: int, header):
+    """CameraInfo of an undistorted pinhole camera with intrinsics K [3,3]."""
+    from sensor_msgs.msg import CameraInfo
+
+    k = [float(v) for v in np.asarray(intrinsics, dtype=np.float64).reshape(9)]
+    info = CameraInfo(header=header, width=width, height=height, distortion_model="plumb_bob")
+    info.k, info.d = k, [0.0] * 5
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def looped(make_iterator, loop: bool) -> Iterator:
+    """Items of make_iterator() once, or again and again while `loop`; stops on an empty source."""
+    while True:
+        produced = False
+        for item in make_iterator():
+            produced = True
+            yield item
+        if not loop or not produced:
+            return
+
+
+class Pacer:
+    """Sleeps until each item's time on a schedule that starts when the first item is due."""
+
+    def __init__(self):
+        self.start: Optional[float] = None
+
+    def wait(self, offset_s: float) -> None:
+        if self.start is None:
+            self.start = time.monotonic() - offset_s
+        time.sleep(max(0.0, self.start + offset_s - time.monotonic()))
+
+
+def play_frames(node, sequence, camera: str, rate_hz: float, loop: bool, count: Optional[int],
+                start: StartPolicy) -> int:
+    """Publishes a frame sequence as /<camera>/image_raw (+ camera_info); returns frames sent."""
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
+    from g2vlm_ros.ros.conversions import numpy_to_image
+
+    images = node.create_publisher(Image, f"/{camera}/image_raw", 10)
+    infos = node.create_publisher(CameraInfo, f"/{camera}/camera_info", 10)
+    node.get_logger().info(f"playing {sequence.description} on /{camera}/image_raw at {rate_hz:g} Hz"
+                           + ("" if loop else ", once"))
+    wait_for_subscribers(node, [images], start)
+    pacer, sent = Pacer(), 0
+    for frame in looped(lambda: iter(sequence), loop):
+        frame: PlaybackFrame
+        if count is not None and sent >= count:
+            break
+        pacer.wait(sent / rate_hz)
+        header = Header(frame_id=f"{camera}_optical", stamp=node.get_clock().now().to_msg())
+        if frame.intrinsics is not None:
+            height, width = frame.rgb.shape[:2]
+            infos.publish(camera_info_message(frame.intrinsics, width, height, header))
+        images.publish(numpy_to_image(frame.rgb, "rgb8", header))
+        sent += 1
+    return sent
+
+
+def bag_publishers(node, recording: Recording) -> dict:
+    """One publisher per topic whose type is installed; the others are reported and skipped."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    publishers = {}
+    for topic in recording.topics():
+        message_type = message_class(topic.msgtype)
+        if message_type is None:
+            node.get_logger().warning(f"skipping {topic.name}: message type {topic.msgtype} is not installed")
+            continue
+        static = topic.name.endswith("/tf_static")
+        qos = QoSProfile(depth=100 if static else 10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
+        publishers[topic.name] = node.create_publisher(message_type, topic.name, qos)
+        node.get_logger().info(f"  {topic.name} [{topic.msgtype}] {topic.count} messages")
+    return publishers
+
+
+def play_bag(node, path: Path, topics: Optional[list[str]], speed: float, loop: bool, keep_stamps: bool,
+             count: Optional[int], start: StartPolicy) -> int:
+    """Publishes a rosbag2 recording's messages at their recorded pace; returns messages sent."""
+    sent = 0
+    with Recording(path, topics) as recording:
+        node.get_logger().info(f"playing {path} ({recording.duration_s:.1f} s) at {speed:g}x"
+                               + (", looping" if loop else ""))
+        publishers = bag_publishers(node, recording)
+        if not publishers:
+            raise BagError(f"{path}: none of its message types is installed here")
+        wait_for_subscribers(node, list(publishers.values()), start)
+        while True:
+            pacer = Pacer()
+            # one offset per pass: the stamps of a pass move together, and every pass is later than the last
+            offset_ns = node.get_clock().now().nanoseconds - recording.start_time_ns
+            for item in recording.messages():
+                if count is not None and sent >= count:
+                    return sent
+                publisher = publishers.get(item.topic)
+                if publisher is None:
+                    continue
+                pacer.wait((item.log_time_ns - recording.start_time_ns) / 1e9 / speed)
+                if not keep_stamps:
+                    shift_header_stamps(item.message, offset_ns)
+                publisher.publish(recording.serialize(item.message, item.msgtype))
+                sent += 1
+            if not loop or sent == 0:
+                return sent
+
+
+def deliver_before_exit(node, timeout_s: float = 4.0) -> None:
+    """Waits (bounded) until subscribers acknowledged what was sent: a reliable writer destroyed
+    right after its last publish loses samples a reader has not confirmed yet. Fast DDS asks for
+    acknowledgements with its 3 s heartbeat, hence up to about 3 s at exit."""
+    from rclpy.duration import Duration
+
+    for publisher in list(node.publishers):
+        publisher.wait_for_all_acked(Duration(seconds=timeout_s))
+
+
+def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("source", help="synthetic | folder of images | video file | rosbag2 folder, .mcap or .db3")
+    parser.add_argument("--camera", default="camera", help="images: topics /<camera>/image_raw and camera_info")
+    parser.add_argument("--rate", type=float, help=f"images: frames per second (default: the video's rate, "
+                        f"else {DEFAULT_IMAGE_RATE_HZ:g})")
+    parser.add_argument("--max-width", type=int, default=640, help="images: shrink wider images to this width")
+    parser.add_argument("--seed", type=int, default=SYNTHETIC_SEED, help="synthetic: which room")
+    parser.add_argument("--speed", type=float, default=1.0, help="bags: playback speed factor")
+    parser.add_argument("--topics", nargs="+", help="bags: play only these topics")
+    parser.add_argument("--keep-stamps", action="store_true", help="bags: publish header stamps as recorded")
+    parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
+                        help="play again from the start (default: images loop, bags play once)")
+    parser.add_argument("--count", type=int, help="stop after this many frames (bags: messages)")
+    parser.add_argument("--delay", type=float, default=0.5,
+                        help="seconds between creating the publishers and the first message")
+    parser.add_argument("--wait-for-subscriber", type=float, default=0.0, metavar="SECONDS",
+                        help="before playing, wait up to this long until something subscribes")
+    args, ros_args = parser.parse_known_args(argv)
+    for name in ("rate", "speed"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name} must be positive")
+    return args, ros_args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args, ros_args = parse_args(argv)
+    bag = is_bag(Path(args.source))
+    try:
+        sequence = None if bag else open_sequence(args.source, args.max_width, args.seed)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        print(f"play: {error}", file=sys.stderr)
+        return 2
+    import rclpy
+
+    rclpy.init(args=ros_args)
+    node = rclpy.create_node("g2vlm_play")
+    try:
+        start = StartPolicy(max(0.0, args.delay), max(0.0, args.wait_for_subscriber))
+        if bag:
+            loop = bool(args.loop)
+            sent = play_bag(node, Path(args.source), args.topics, args.speed, loop, args.keep_stamps, args.count,
+                            start)
+        else:
+            loop = args.loop is not False
+            rate = args.rate or sequence.rate_hz or DEFAULT_IMAGE_RATE_HZ
+            sent = play_frames(node, sequence, args.camera, rate, loop, args.count, start)
+        node.get_logger().info(f"done: {sent} messages published")
+        return 0
+    except BagError as error:
+        node.get_logger().error(str(error))
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        deliver_before_exit(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
