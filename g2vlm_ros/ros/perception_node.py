@@ -366,6 +366,8 @@ class PerceptionNode(LifecycleNode):
             self._snapshot = Snapshot(window, result, scale)
 
     def _on_inference_error(self, window: Window[Frame], error: BaseException) -> None:
+        if not self.context.ok():
+            return  # Ctrl-C shut the context down while a window was in flight: nothing failed
         self.get_logger().error(f"inference failed on a window of {len(window.frames)} frames: "
                                 f"{type(error).__name__}: {error}", throttle_duration_sec=LOG_THROTTLE_S)
 
@@ -451,6 +453,11 @@ def main(args: Optional[list[str]] = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C shuts the context down from the signal handler; an executor building its wait set at that
+        # moment raises RCLError ("context is not valid") instead of ExternalShutdownException
+        if rclpy.ok(context=node.context):
+            raise
     finally:
         executor.shutdown()
         node.destroy_node()
