@@ -160,9 +160,11 @@ def test_destroy_twice_is_harmless():
         rclpy.try_shutdown(context=context)
 
 
-def ask(*args: str) -> subprocess.Popen:
+def ask(*args: str, sigint_ignored: bool = False) -> subprocess.Popen:
+    # a shell script's background job starts with SIGINT ignored, and Python then keeps ignoring it
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.Popen([str(PACKAGE_LIB / "ask"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=ignore)
 
 
 def test_ask_cli_exit_codes_and_output(ask_node):
@@ -194,8 +196,9 @@ def test_ask_cli_exit_codes_and_output(ask_node):
     assert code == 2 and "action /nobody/ask_stream not available" in out, out
 
 
-def test_ask_cli_interrupt_cancels_the_streamed_goal(ask_node):
-    process = ask("slow cli question", "--node", f"/{NODE}", "--stream")
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["sigint-default", "sigint-inherited-ignored"])
+def test_ask_cli_interrupt_cancels_the_streamed_goal(ask_node, sigint_ignored):
+    process = ask("slow cli question", "--node", f"/{NODE}", "--stream", sigint_ignored=sigint_ignored)
     lines = read_lines(process)
     try:
         wait_until(lambda: "[generating]" in lines, 15, "no generating feedback from the CLI")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 from typing import Optional, TextIO
 
 EXIT_ANSWERED, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -177,6 +179,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     # rclpy's own SIGINT handler would shut the context down, leaving no way to cancel a running goal;
     # Python's KeyboardInterrupt lets ask_action() cancel first.
     rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    # Python leaves SIGINT ignored when it started ignored (a script's background job inherits that), and then
+    # Ctrl-C / kill -INT could not cancel the goal: ask for the KeyboardInterrupt explicitly.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     node = rclpy.create_node(f"ask_cli_{os.getpid()}", context=context, start_parameter_services=False)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
