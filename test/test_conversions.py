@@ -51,6 +51,20 @@ def test_mono8_replicates_grey_into_three_channels():
     np.testing.assert_array_equal(image_to_rgb(msg), [[[0, 0, 0], [100, 100, 100], [255, 255, 255]]])
 
 
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_mono16_is_stretched_to_eight_bits_in_its_byte_order(bigendian):
+    # a 12-bit camera: values 0..4095 in 16-bit words, one row of padding bytes (step 10 for width 4)
+    values = np.array([[0, 1000, 2000, 4095], [4095, 3000, 1000, 0]], dtype=">u2" if bigendian else "<u2")
+    data = b"".join(row.tobytes() + b"\xff\xff" for row in values)
+    msg = Image(encoding="mono16", width=4, height=2, step=10, is_bigendian=int(bigendian), data=data)
+    rgb = image_to_rgb(round_trip(msg))
+    assert rgb.shape == (2, 4, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    grey = rgb[..., 0].astype(int)
+    expected = values.astype(float) * 255 / 4095  # the 0.5-99.5 percentile stretch of 0..4095
+    assert np.abs(grey - expected).max() <= 12  # percentiles of 8 samples sit a little inside the range
+    assert grey[0, 0] == 0 and grey[0, 3] == 255  # full contrast, not the dark image of a fixed 16-bit shift
+
+
 def test_row_padding_in_step_is_skipped():
     # width 1, rgb8, step 5: each row is 3 pixel bytes + 2 padding bytes
     msg = make_image("rgb8", 1, 2, 5, bytes([1, 2, 3, 99, 99, 4, 5, 6, 99, 99]))
@@ -58,8 +72,10 @@ def test_row_padding_in_step_is_skipped():
 
 
 @pytest.mark.parametrize("msg, reason", [
-    (make_image("mono16", 2, 2, 4, bytes(8)), "unsupported encoding 'mono16'"),
-    (make_image("yuv422", 2, 2, 4, bytes(8)), "unsupported encoding"),
+    (make_image("yuv422", 2, 2, 4, bytes(8)), "unsupported encoding 'yuv422'; supported: rgb8"),
+    (make_image("32FC1", 2, 2, 8, bytes(16)), "encoding '32FC1' is a float image (depth or disparity?)"),
+    (make_image("mono16", 2, 2, 3, bytes(6)), "step 3 is smaller than width*channels = 4"),
+    (make_image("mono16", 2, 2, 4, bytes(7)), "data has 7 bytes, expected step*height = 8"),
     (make_image("rgb8", 2, 2, 5, bytes(10)), "step 5 is smaller than width*channels = 6"),
     (make_image("rgb8", 2, 2, 6, bytes(11)), "data has 11 bytes, expected step*height = 12"),
     (make_image("rgb8", 0, 0, 0, b""), "empty image (0x0)"),

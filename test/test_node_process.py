@@ -186,48 +186,6 @@ def test_two_cameras_form_one_window(start_node, ros_client):
     assert np.isclose(depths, 1.0).any() and np.isclose(depths, 2.0).any(), "cloud must hold both views"
 
 
-BAD_IMAGES = {
-    "unknown encoding": (lambda h: Image(header=h, encoding="mono16", width=4, height=4, step=8, data=bytes(32)),
-                         "unsupported encoding 'mono16'"),
-    "wrong step": (lambda h: Image(header=h, encoding="rgb8", width=4, height=4, step=5, data=bytes(20)),
-                   "step 5 is smaller than width*channels = 12"),
-    "truncated data": (lambda h: Image(header=h, encoding="rgb8", width=4, height=4, step=12, data=bytes(40)),
-                       "data has 40 bytes, expected step*height = 48"),
-    "empty image": (lambda h: Image(header=h, encoding="rgb8", width=0, height=0, step=0), "empty image (0x0)"),
-}
-
-
-def test_bad_input_is_logged_and_the_node_keeps_working(start_node, ros_client, camera):
-    node = start_node(backend="test_pattern", cameras=[camera])
-    depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
-    diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics")
-    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
-    for label, (make_bad, reason) in BAD_IMAGES.items():
-        wait_until(lambda reason=reason: reason in node.log(), 10, f"no log line for {label}",
-                   action=lambda make_bad=make_bad: publisher.publish(make_bad(stamped(ros_client, "opt"))),
-                   period_s=0.2)
-        assert f"camera '{camera}': dropped frame: {reason}" in node.log()
-    assert not depth, "nothing may be published from a rejected frame"
-    publish_until(ros_client, publisher, lambda: rgb_image((5, 5, 5), stamped(ros_client, "opt")), depth)
-    assert node.alive()
-
-    def rejected_count() -> int:
-        counts = [int(kv.value) for array in diagnostics for status in array.status
-                  if status.name == f"g2vlm: camera {camera}" for kv in status.values if kv.key == "frames_rejected"]
-        return max(counts, default=0)
-
-    wait_until(lambda: rejected_count() >= len(BAD_IMAGES), 5, "diagnostics do not count the rejected frames")
-
-
-def test_empty_frame_id_is_refused_unless_configured(start_node, ros_client, camera):
-    node = start_node(backend="test_pattern", cameras=[camera])
-    depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
-    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
-    wait_until(lambda: "header.frame_id is empty" in node.log(), 10, "empty frame_id not reported",
-               action=lambda: publisher.publish(rgb_image((1, 1, 1), stamped(ros_client, ""))))
-    assert not depth
-
-
 def test_ask_service_validates_requests_and_never_invents_answers(start_node, ros_client, camera):
     start_node(backend="test_pattern", cameras=[camera], max_question_bytes=100)
     ask = "/g2vlm/ask"

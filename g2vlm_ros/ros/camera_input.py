@@ -34,6 +34,15 @@ class Frame:
     camera_info: Optional[CameraInfo]  # latest CameraInfo of this camera when the image arrived
     stamp_ns: int  # header stamp in nanoseconds, for time alignment
     thumbnail: Optional[np.ndarray]  # small grey image, only when the keyframe policy tests image change
+    clock_reset: bool = False  # the camera's clock restarted (stamp far behind its last one): windows start over
+
+
+MIN_IMAGE_SIDE = 32  # pixels; smaller images carry no usable geometry once scaled to the model's 518 px
+# a stamp this much older than the camera's last one is a restarted clock (a looping bag, a driver restart,
+# a simulator reset), not a late frame: the windows start over instead of refusing every frame until the
+# new clock catches up with the old one
+CLOCK_RESET_S = 1.0
+RECENT_ERROR_S = 10.0  # diagnostics warn while the camera's last rejection is this recent
 
 
 class CameraInput:
@@ -46,7 +55,10 @@ class CameraInput:
         self.camera_info: Optional[CameraInfo] = None
         self.received = 0
         self.rejected = 0
+        self.clock_resets = 0
         self.last_error = ""
+        self.last_error_time: Optional[float] = None  # monotonic
+        self.last_stamp_ns: Optional[int] = None  # of the newest accepted frame
         self._arrivals: deque[float] = deque()
         self._lock = threading.Lock()
 
@@ -59,28 +71,60 @@ class CameraInput:
             while self._arrivals and now - self._arrivals[0] > self.RATE_WINDOW_S:
                 self._arrivals.popleft()
         try:
-            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
             frame_id = self.config.frame_id or msg.header.frame_id
             if not frame_id:
                 raise ImageConversionError(
                     f"header.frame_id is empty; set parameter '{self.config.name}.frame_id' to name the optical frame"
                 )
+            stamp, clock_reset = self._check_stamp(stamp_ns(msg.header.stamp))
+            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
+                raise ImageConversionError(f"image {rgb.shape[1]}x{rgb.shape[0]} is smaller than "
+                                           f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels")
         except ImageConversionError as error:
-            with self._lock:
-                self.rejected += 1
-                self.last_error = str(error)
+            self.note_error(str(error))
             raise
+        with self._lock:
+            self.last_stamp_ns = stamp
+            self.clock_resets += int(clock_reset)
         header = Header(stamp=msg.header.stamp, frame_id=frame_id)
-        return Frame(self.config.name, header, rgb, self.camera_info, stamp_ns(header.stamp),
-                     thumbnail(rgb) if with_thumbnail else None)
+        return Frame(self.config.name, header, rgb, self.camera_info, stamp,
+                     thumbnail(rgb) if with_thumbnail else None, clock_reset)
+
+    def _check_stamp(self, stamp: int) -> tuple[int, bool]:
+        """(stamp, whether the camera's clock restarted) or ImageConversionError for an unusable stamp."""
+        if stamp == 0:
+            raise ImageConversionError("header.stamp is zero: the driver does not stamp its images")
+        last = self.last_stamp_ns
+        if last is None or stamp > last:
+            return stamp, False
+        if last - stamp >= CLOCK_RESET_S * 1e9:
+            return stamp, True
+        raise ImageConversionError(f"stamp {stamp / 1e9:.6f} s is not newer than the previous frame's "
+                                   f"{last / 1e9:.6f} s (out of order or repeated)")
+
+    def note_error(self, reason: str, frame: bool = True) -> None:
+        """Records why input was refused; `frame`: an image was dropped (counted), not a camera_info."""
+        with self._lock:
+            self.rejected += int(frame)
+            self.last_error = reason
+            self.last_error_time = time.monotonic()
+
+    def recent_error(self) -> Optional[str]:
+        """The last rejection's reason while it is recent (diagnostics warn about it), else None."""
+        with self._lock:
+            if self.last_error_time is None or time.monotonic() - self.last_error_time > RECENT_ERROR_S:
+                return None
+            return self.last_error
 
     def set_camera_info(self, msg: CameraInfo) -> Optional[str]:
         """Stores `msg`, or returns why it is unusable (then the model's intrinsics are used)."""
         k = np.asarray(msg.k, dtype=np.float64)
         if not (np.all(np.isfinite(k)) and k[0] > 0 and k[4] > 0):
-            with self._lock:
-                self.last_error = f"camera_info has an invalid focal length (fx={k[0]}, fy={k[4]})"
-            return self.last_error
+            fallback = "the model's intrinsics" if self.camera_info is None else "the last valid camera_info"
+            reason = f"camera_info has an invalid focal length (fx={k[0]}, fy={k[4]}); using {fallback}"
+            self.note_error(reason, frame=False)
+            return reason
         with self._lock:
             self.camera_info = msg
         return None

@@ -26,37 +26,62 @@ COLOR_ENCODINGS: dict[str, tuple[int, Optional[tuple[int, int, int]]]] = {
     "mono8": (1, None),
 }
 MAX_IMAGE_PIXELS = 7680 * 4320  # 8K: anything larger is refused before touching the data
+GREY16_ENCODINGS = ("mono16",)  # 16-bit grey: thermal, IR and machine-vision cameras
+# float images are depth or disparity maps, not camera images: a misconnected topic, said plainly
+FLOAT_ENCODING_PREFIXES = ("32FC", "64FC", "16FC")
+SUPPORTED_ENCODINGS = tuple(COLOR_ENCODINGS) + GREY16_ENCODINGS
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:
-    """Converts an 8-bit colour or grey sensor_msgs/Image to an RGB uint8 array [H,W,3].
+    """Converts an 8-bit colour or grey, or a 16-bit grey sensor_msgs/Image to an RGB uint8 array [H,W,3].
 
     Honours `step` (row padding) and refuses inconsistent messages instead of guessing.
     """
     encoding = msg.encoding.lower()
+    if msg.encoding.upper().startswith(FLOAT_ENCODING_PREFIXES):
+        raise ImageConversionError(
+            f"encoding '{msg.encoding}' is a float image (depth or disparity?), not a camera image; "
+            f"supported: {', '.join(SUPPORTED_ENCODINGS)}")
+    if encoding in GREY16_ENCODINGS:
+        return _grey16_to_rgb(msg)
     if encoding not in COLOR_ENCODINGS:
         raise ImageConversionError(
-            f"unsupported encoding '{msg.encoding}'; supported: {', '.join(COLOR_ENCODINGS)}"
+            f"unsupported encoding '{msg.encoding}'; supported: {', '.join(SUPPORTED_ENCODINGS)}"
         )
     channels, rgb_order = COLOR_ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height == 0 or width == 0:
-        raise ImageConversionError(f"empty image ({width}x{height})")
-    if height * width > MAX_IMAGE_PIXELS:
-        raise ImageConversionError(f"image {width}x{height} exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ImageConversionError(f"step {step} is smaller than width*channels = {row_bytes} for {encoding}")
-    if len(msg.data) != step * height:
-        raise ImageConversionError(f"data has {len(msg.data)} bytes, expected step*height = {step * height}")
-    # msg.data is an array('B') (or bytes): frombuffer wraps it without a copy
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)
-    pixels = rows[:, :row_bytes].reshape(height, width, channels)
+    row_bytes = int(msg.width) * channels
+    pixels = _pixel_rows(msg, row_bytes).reshape(int(msg.height), int(msg.width), channels)
     if rgb_order is None:
         return np.repeat(pixels, 3, axis=2)
     if rgb_order == (0, 1, 2) and channels == 3:
         return np.ascontiguousarray(pixels)
     return np.ascontiguousarray(pixels[:, :, list(rgb_order)])
+
+
+def _pixel_rows(msg: Image, row_bytes: int) -> np.ndarray:
+    """The image's pixel bytes [H, row_bytes] without row padding, after checking that the size, step
+    and data length agree (a message that contradicts itself is refused, never guessed at)."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"empty image ({width}x{height})")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageConversionError(f"image {width}x{height} exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
+    if step < row_bytes:
+        raise ImageConversionError(f"step {step} is smaller than width*channels = {row_bytes} for {msg.encoding}")
+    if len(msg.data) != step * height:
+        raise ImageConversionError(f"data has {len(msg.data)} bytes, expected step*height = {step * height}")
+    # msg.data is an array('B') (or bytes): frombuffer wraps it without a copy
+    return np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, :row_bytes]
+
+
+def _grey16_to_rgb(msg: Image) -> np.ndarray:
+    """mono16 -> RGB uint8, stretched per frame from the 0.5th to the 99.5th percentile, as image viewers
+    show it: 16-bit cameras fill anywhere from 10 to 16 bits, so a fixed shift would leave many black."""
+    dtype = np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<")
+    grey = np.ascontiguousarray(_pixel_rows(msg, int(msg.width) * 2)).view(dtype).astype(np.float32)
+    low, high = np.percentile(grey, [0.5, 99.5])
+    scaled = np.clip((grey - low) * (255.0 / max(float(high - low), 1.0)), 0, 255).astype(np.uint8)
+    return np.repeat(scaled[:, :, None], 3, axis=2)
 
 
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
@@ -72,6 +97,9 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
             return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
     except ImageConversionError:
         raise
+    except PILImage.UnidentifiedImageError as error:  # its text names a BytesIO object: useless in a log
+        raise ImageConversionError(f"cannot decode compressed image (format '{msg.format}'): "
+                                   "the data is not an image Pillow can read") from error
     except Exception as error:  # PIL raises many types for corrupt data
         raise ImageConversionError(f"cannot decode compressed image (format '{msg.format}'): {error}") from error
 

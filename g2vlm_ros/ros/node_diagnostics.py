@@ -108,10 +108,13 @@ def _cameras(node, name: str, hardware_id: str) -> list[StatusBuilder]:
         camera = StatusBuilder(f"{name}: camera {camera_name}", hardware_id)
         camera.add("topic", state.config.image_topic).add("rate_hz", state.rate_hz())
         camera.add("frames_received", state.received).add("frames_rejected", state.rejected)
+        camera.add("clock_resets", state.clock_resets)
         camera.add("camera_info", "received" if state.camera_info else "none (model intrinsics)")
         if state.last_error:
             camera.add("last_error", state.last_error)
-            camera.set(WARN, state.last_error)
+        recent_error = state.recent_error()
+        if recent_error:
+            camera.set(WARN, recent_error)
         elif state.received == 0 and node.state_label == "active":
             camera.set(WARN, "no images received")
         statuses.append(camera)

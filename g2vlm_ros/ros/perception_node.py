@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import sys
 import threading
 import time
@@ -311,9 +312,10 @@ class PerceptionNode(LifecycleNode):
 
     # ---------------------------------------------------------------- input
     def _log_bad_input(self, camera: str, reason: str) -> None:
-        """Logs at most once per LOG_THROTTLE_S per (camera, reason)."""
+        """Logs at most once per LOG_THROTTLE_S per camera and kind of reason (its text without numbers, so
+        a stream of out-of-order stamps or odd sizes is one kind)."""
         now = time.monotonic()
-        key = (camera, reason)
+        key = (camera, re.sub(r"0x[0-9a-fA-F]+|[-+]?\d[\d.e+-]*", "#", reason))
         if now - self._last_log.get(key, -LOG_THROTTLE_S) >= LOG_THROTTLE_S:
             if len(self._last_log) >= MAX_THROTTLE_KEYS:  # reasons carry sizes: bound the table
                 self._last_log.clear()
@@ -336,6 +338,11 @@ class PerceptionNode(LifecycleNode):
         with self._window_lock:
             if self.assembler is None:
                 return
+            if frame.clock_reset:
+                self.assembler.reset()
+                self.get_logger().warning(
+                    f"camera '{state.config.name}': stamps jumped back to {frame.stamp_ns / 1e9:.3f} s (a restarted "
+                    "clock: looping bag, driver restart, simulator reset); windows and keyframes start over")
             self.assembler.add(frame)
             window = self.assembler.poll()
             if window is None:
