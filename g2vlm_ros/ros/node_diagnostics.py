@@ -54,8 +54,16 @@ def _inference(node, name: str, hardware_id: str) -> StatusBuilder:
         inference.add("windows_submitted", worker.submitted).add("windows_processed", worker.processed)
         inference.add("windows_dropped", worker.dropped).add("windows_failed", worker.failed)
         inference.add("latency_p50_ms", p50).add("latency_p95_ms", p95)
-        if worker.failed:
-            inference.set(WARN, f"{worker.failed} window(s) failed")
+    health = node.health
+    inference.add("consecutive_failures", health.consecutive_failures)
+    inference.add("out_of_memory_events", health.out_of_memory_events)
+    inference.add("out_of_memory_policy", health.policy)
+    inference.add("keyframe_limit", health.keyframe_limit if health.keyframe_limit is not None else "none")
+    if health.last_error:
+        inference.add("last_error", health.last_error)
+    condition = health.status()
+    if condition.level != "ok":
+        inference.set(ERROR if condition.level == "error" else WARN, condition.message)
     inference.add("windows_rate_limited", node.windows_rate_limited)
     if assembler is not None:
         inference.add("window_size", assembler.policy.window_size)

@@ -15,6 +15,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from g2vlm_ros.runtime.inference_health import OUT_OF_MEMORY_POLICIES
 from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
@@ -136,6 +137,9 @@ PARAMETERS = (
               "with a tokenizer).", read_only=False, int_range=(1, 4096)),
     ParamSpec("ask_timeout_s", 10.0, "Default /g2vlm/ask timeout when the request gives none.",
               read_only=False, float_range=(0.01, 3600.0)),
+    ParamSpec("out_of_memory_policy", "reduce_window", "When inference runs out of (GPU) memory: reduce_window "
+              "retries with fewer keyframes and keeps that limit; skip_window drops the window.",
+              read_only=False, choices=OUT_OF_MEMORY_POLICIES),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", float_range=(0.05, 60.0)),
 )
 SPECS = {spec.name: spec for spec in PARAMETERS}
@@ -144,7 +148,7 @@ SPECS = {spec.name: spec for spec in PARAMETERS}
 def camera_specs(camera: str) -> tuple[ParamSpec, ...]:
     return (
         ParamSpec(f"{camera}.image_topic", f"/{camera}/image_raw", f"Image topic of camera '{camera}' "
-                  "(rgb8, bgr8, rgba8, bgra8, mono8); with transport=compressed, the CompressedImage topic."),
+                  "(rgb8, bgr8, rgba8, bgra8, mono8, mono16); with transport=compressed, the CompressedImage topic."),
         ParamSpec(f"{camera}.camera_info_topic", f"/{camera}/camera_info", f"CameraInfo topic of camera "
                   f"'{camera}'; empty: estimate intrinsics from the model."),
         ParamSpec(f"{camera}.transport", "raw", f"Input transport of camera '{camera}'.", choices=TRANSPORTS),

@@ -51,6 +51,7 @@ from g2vlm_ros.ros.scale_input import ScaleInput
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
 from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
+from g2vlm_ros.runtime.inference_health import InferenceHealth, release_cached_memory
 from g2vlm_ros.runtime.rate_limiter import RateLimiter
 from g2vlm_ros.runtime.registry import BackendRequest, create_backend
 from g2vlm_ros.runtime.scale_tracker import ScaleEstimate
@@ -109,6 +110,7 @@ class PerceptionNode(LifecycleNode):
         self.inputs = {camera.name: CameraInput(camera) for camera in self.config.cameras}
         # created by configure, released by cleanup
         self.worker: Optional[LatestOnlyWorker[Window[Frame]]] = None
+        self.health = InferenceHealth(self.config.out_of_memory_policy)  # fresh (limits forgotten) at configure
         self.assembler: Optional[WindowAssembler[Frame]] = None
         self.geometry_publisher: Optional[GeometryPublisher] = None
         self.scale_input: Optional[ScaleInput] = None
@@ -175,6 +177,7 @@ class PerceptionNode(LifecycleNode):
             self.scale_publisher = self.create_publisher(MetricScale, "~/scale", self.output_qos)
             self.assembler = WindowAssembler(self.camera_names, self._window_policy(),
                                              motion=self._first_camera_motion if config.odom_frame else None)
+            self.health = InferenceHealth(config.out_of_memory_policy)
             self.worker = LatestOnlyWorker(self._infer, self._on_inference_error)
             self.state_label = "inactive"
             return SUCCESS
@@ -255,11 +258,8 @@ class PerceptionNode(LifecycleNode):
         self.assembler = None
         with self._snapshot_lock:
             self._snapshot = None
-        import torch
-
         gc.collect()  # the model may sit in reference cycles; free it before emptying the cache
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()  # hand cached blocks back so other processes see the memory free
+        release_cached_memory()  # so that other processes see the memory free
 
     def _answerer_for(self, backend: GeometryBackend):
         """The semantic expert answers when the backend holds a model with a tokenizer; else the geometric one."""
@@ -281,6 +281,7 @@ class PerceptionNode(LifecycleNode):
 
     def _on_parameters_changed(self) -> None:
         self._rate_limiter.set_rate(self.config.max_rate_hz)
+        self.health.policy = self.config.out_of_memory_policy
         answerer = self.ask_handler.answerer
         if isinstance(answerer, GenerativeAnswerer):
             answerer.max_new_tokens = self.config.max_answer_tokens
@@ -359,7 +360,21 @@ class PerceptionNode(LifecycleNode):
         backend = self.backend
         if backend is None or not self._active:
             return
-        result = backend.run([frame.rgb for frame in window.frames])
+        health = self.health
+        window = health.limited(window)
+        while True:
+            try:
+                result = backend.run([frame.rgb for frame in window.frames])
+                break
+            except Exception as error:
+                smaller = health.smaller_after_out_of_memory(window, error)
+                if smaller is None:
+                    raise
+                release_cached_memory()
+                self.get_logger().warning(
+                    f"out of memory on a window of {len(window.frames)} views ({error}); retrying with "
+                    f"{len(smaller.frames)} and keeping at most {smaller.keyframes} keyframe(s) per camera")
+                window = smaller
         result.validate()
         if result.num_views != len(window.frames):
             raise ValueError(f"backend returned {result.num_views} views for {len(window.frames)} images")
@@ -371,10 +386,12 @@ class PerceptionNode(LifecycleNode):
         self._publish_scale(window, scale)
         with self._snapshot_lock:
             self._snapshot = Snapshot(window, result, scale)
+        health.record_success()
 
     def _on_inference_error(self, window: Window[Frame], error: BaseException) -> None:
         if not self.context.ok():
             return  # Ctrl-C shut the context down while a window was in flight: nothing failed
+        self.health.record_failure(error)
         self.get_logger().error(f"inference failed on a window of {len(window.frames)} frames: "
                                 f"{type(error).__name__}: {error}", throttle_duration_sec=LOG_THROTTLE_S)
 

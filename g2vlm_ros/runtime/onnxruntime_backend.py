@@ -51,8 +51,11 @@ class OnnxRuntimeBackend(NetworkBackend):
         self.exports = find_exports(Path(engine_dir), model_hash)
         if not self.exports:
             which = f" for model {model_hash[:12]}" if model_hash else ""
+            others = sorted({manifest["model_hash"][:12] for manifest in find_exports(Path(engine_dir), None).values()})
+            stale = (f"; its graphs were exported from another checkpoint (model {', '.join(others)}): export "
+                     "them again for this one" if others else "")
             raise BackendUnavailableError(f"backend 'onnxruntime': no exported geometry graph{which} in "
-                                          f"'{engine_dir}' (run export_onnx)")
+                                          f"'{engine_dir}' (run export_onnx){stale}")
         available = onnxruntime.get_available_providers()
         wanted = PROVIDER_PREFERENCE if device != "cpu" else ("CPUExecutionProvider",)
         self.providers = [p for p in wanted if p in available]
