@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+REPLACEMENT_CHARACTER = "\ufffd"
+
 
 class QuestionError(ValueError):
     """The request cannot be answered as asked; the message tells the caller what to change."""
@@ -30,10 +32,13 @@ class SpatialAnswerer(Protocol):
 
 
 def check_question(question: str, max_bytes: int) -> str:
-    """Returns the stripped question or raises QuestionError (empty, too long)."""
+    """Returns the stripped question or raises QuestionError (empty, not UTF-8, too long)."""
     stripped = question.strip()
     if not stripped:
         raise QuestionError("the question is empty")
+    if REPLACEMENT_CHARACTER in stripped:
+        # rclpy decodes request strings with errors="replace": U+FFFD is where bytes were not UTF-8
+        raise QuestionError("the question is not valid UTF-8 (undecodable bytes arrived as U+FFFD); send UTF-8 text")
     size = len(stripped.encode("utf-8", errors="surrogatepass"))
     if size > max_bytes:
         raise QuestionError(f"the question is {size} bytes long; the limit is {max_bytes} bytes (max_question_bytes)")

@@ -143,6 +143,7 @@ class PerceptionNode(LifecycleNode):
             request = BackendRequest(config.backend, config.checkpoint_path, config.engine_dir, config.device,
                                      config.precision, config.cuda_graphs, config.allow_engine_rebuild)
             self.get_logger().info(f"configure: loading backend '{config.backend}' ...")
+            self.backend_error = "the model is being loaded (configure in progress)"
             try:
                 backend = create_backend(request)
             except Exception as error:  # a broken plugin or checkpoint must not take the process down
@@ -212,9 +213,9 @@ class PerceptionNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock:
+            self.backend_error = "cleaned up (configure to load the model again)"  # before questions see no model
             self._release()
             self.ask_handler.answerer = GeometricAnswerer()  # drops the model reference of a generative answerer
-            self.backend_error = "cleaned up (configure to load the model again)"
             self.state_label = "unconfigured"
             self.get_logger().info("cleaned up: model and GPU memory released")
             return SUCCESS
@@ -431,7 +432,8 @@ class PerceptionNode(LifecycleNode):
         if self.backend is None:
             return f" (no model loaded: {self.backend_error})"
         if not self._active:
-            return f" (node is {self.state_label}: activate it)"
+            todo = "activate it" if self.state_label == "inactive" else "configure and activate it"
+            return f" (node is {self.state_label}: {todo})"
         return ""
 
     def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
