@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from g2vlm_ros.runtime.inference_health import FAILING_AFTER, InferenceHealth, is_out_of_memory, newest_sets
+from g2vlm_ros.runtime.inference_health import (
+    FAILING_AFTER,
+    InferenceHealth,
+    is_out_of_memory,
+    newest_sets,
+    run_window,
+)
 from g2vlm_ros.runtime.windowing import Window
 
 
@@ -58,3 +64,77 @@ def test_failures_in_a_row_are_an_error_and_a_success_ends_it():
     assert health.status().level == "error" and f"the last {FAILING_AFTER} windows failed" in health.status().message
     health.record_success()
     assert health.status().level == "warn"  # recovered, but the failure is recent
+
+
+class Frame:
+    def __init__(self, name: str):
+        self.name, self.rgb = name, name
+
+
+def test_run_window_retries_smaller_after_out_of_memory_and_reports_each_retry():
+    health, retries = InferenceHealth(), []
+    frames = [Frame(f"a{k}") for k in range(4)]
+    big = Window(frames=frames, cameras=["a"], keyframes=4, newest_stamp_ns=3, anchor_stamp_ns=3)
+
+    class Backend:
+        releases = 0
+
+        def run(self, images):
+            if len(images) > 2:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory for {len(images)} images")
+            return list(images)
+
+        def release_caches(self):
+            self.releases += 1
+
+    backend = Backend()
+    used, result = run_window(backend, big, health, lambda before, after, reason: retries.append(
+        (len(before.frames), len(after.frames), reason)))
+    assert result == ["a2", "a3"] and used.keyframes == 2 and backend.releases == 2
+    assert [(a, b) for a, b, _ in retries] == [(4, 3), (3, 2)]
+    assert retries[0][2] == "OutOfMemoryError: CUDA out of memory for 4 images"
+    _, again = run_window(backend, big, health, lambda *args: retries.append(args))
+    assert again == ["a2", "a3"] and len(retries) == 2  # the limit holds: no new out-of-memory
+
+    class Broken(Backend):
+        def run(self, images):
+            raise ValueError("not memory")
+
+    with pytest.raises(ValueError, match="not memory"):
+        run_window(Broken(), big, health, lambda *args: None)
+
+
+def test_per_size_caches_keep_only_the_most_recently_used_buckets():
+    from g2vlm_ros.runtime.network_backend import BucketCache
+
+    cache = BucketCache(capacity=2)
+    cache.put("16 views", "a")
+    cache.put("15 views", "b")
+    assert cache.get("16 views") == "a"  # used again: now the most recent
+    cache.put("14 views", "c")
+    assert cache.get("15 views") is None and cache.get("16 views") == "a" and len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_the_torch_backend_frees_its_per_size_graphs_on_request(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    import numpy as np
+
+    from g2vlm_ros.runtime.torch_backend import TorchBackend
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "token_ids.json").write_text(json.dumps(
+        {"prompt_token_ids": [10, 11, 12],
+         "special_token_ids": {"bos_token_id": 1, "eos_token_id": 2, "start_of_image": 3, "end_of_image": 4}}))
+    backend = TorchBackend(str(folder), "cpu")
+    images = [np.zeros((48, 64, 3), np.uint8)] * 6
+    for views in (1, 2, 3, 4, 5, 6):  # a window shrinking or growing one keyframe at a time
+        backend.run(images[:views])
+    assert len(backend._networks) == 4  # bounded, not one per size ever seen
+    backend.release_caches()
+    assert len(backend._networks) == 0
+    assert backend.run(images[:2]).num_views == 2  # rebuilt on demand

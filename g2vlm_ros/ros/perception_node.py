@@ -51,7 +51,7 @@ from g2vlm_ros.ros.scale_input import ScaleInput
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
 from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
-from g2vlm_ros.runtime.inference_health import InferenceHealth, release_cached_memory
+from g2vlm_ros.runtime.inference_health import InferenceHealth, release_cached_memory, run_window
 from g2vlm_ros.runtime.rate_limiter import RateLimiter
 from g2vlm_ros.runtime.registry import BackendRequest, create_backend
 from g2vlm_ros.runtime.scale_tracker import ScaleEstimate
@@ -362,20 +362,7 @@ class PerceptionNode(LifecycleNode):
         if backend is None or not self._active:
             return
         health = self.health
-        window = health.limited(window)
-        while True:
-            try:
-                result = backend.run([frame.rgb for frame in window.frames])
-                break
-            except Exception as error:
-                smaller = health.smaller_after_out_of_memory(window, error)
-                if smaller is None:
-                    raise
-                release_cached_memory()
-                self.get_logger().warning(
-                    f"out of memory on a window of {len(window.frames)} views ({error}); retrying with "
-                    f"{len(smaller.frames)} and keeping at most {smaller.keyframes} keyframe(s) per camera")
-                window = smaller
+        window, result = run_window(backend, window, health, self._on_out_of_memory)
         result.validate()
         if result.num_views != len(window.frames):
             raise ValueError(f"backend returned {result.num_views} views for {len(window.frames)} images")
@@ -388,6 +375,11 @@ class PerceptionNode(LifecycleNode):
         with self._snapshot_lock:
             self._snapshot = Snapshot(window, result, scale)
         health.record_success()
+
+    def _on_out_of_memory(self, window: Window[Frame], smaller: Window[Frame], reason: str) -> None:
+        self.get_logger().warning(
+            f"out of memory on a window of {len(window.frames)} views ({reason}); retrying with "
+            f"{len(smaller.frames)} and keeping at most {smaller.keyframes} keyframe(s) per camera")
 
     def _on_inference_error(self, window: Window[Frame], error: BaseException) -> None:
         if not self.context.ok():

@@ -112,6 +112,10 @@ class GeometryBackend(abc.ABC):
         """Extra facts for diagnostics (device, engine keys, providers); empty by default."""
         return {}
 
+    def release_caches(self) -> None:  # noqa: B027 - optional hook; backends without caches keep it
+        """Drops what is kept per input size (graphs, constants, sessions) to free memory, e.g. after an
+        out-of-memory; it is rebuilt when that size comes again."""
+
     def close(self) -> None:  # noqa: B027 - optional hook; backends without device memory keep it
         """Releases device memory; the backend is unusable afterwards."""
 

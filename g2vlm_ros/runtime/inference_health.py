@@ -9,11 +9,14 @@ tried as usual.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from g2vlm_ros.runtime.backend import GeometryResult
 from g2vlm_ros.runtime.windowing import Window
 
 OUT_OF_MEMORY_POLICIES = ("reduce_window", "skip_window")
@@ -47,6 +50,31 @@ def newest_sets(window: Window, keyframes: int) -> Window:
         return window
     frames = [frame for camera in window.cameras for frame in window.frames_of(camera)[-keyframes:]]
     return replace(window, frames=frames, keyframes=keyframes)
+
+
+def run_window(backend, window: Window, health: InferenceHealth,
+               on_retry: Callable[[Window, Window, str], None]) -> tuple[Window, GeometryResult]:
+    """`backend.run` on the images of `window` (frames with an `rgb`), within the health's keyframe
+    limit, retrying smaller after out-of-memory as the policy allows; returns the window actually run
+    and its result, or raises the error that ended it. `on_retry(window, smaller, reason)` hears of
+    each retry."""
+    window = health.limited(window)
+    while True:
+        try:
+            return window, backend.run([frame.rgb for frame in window.frames])
+        except Exception as error:
+            smaller = health.smaller_after_out_of_memory(window, error)
+            if smaller is None:
+                raise
+            reason = f"{type(error).__name__}: {error}"  # the text only: see below
+        # Out here the error is gone, and with it its traceback, whose frames hold the failed attempt's
+        # activations: freed only now, so the retry finds the memory they took (on an H200 capped between
+        # the needs of 2 and 4 views, retrying inside the except block ran out again down to 1 view).
+        gc.collect()
+        backend.release_caches()  # the failed size's constants: they would stay beside the smaller ones
+        release_cached_memory()
+        on_retry(window, smaller, reason)
+        window = smaller
 
 
 @dataclass(frozen=True)

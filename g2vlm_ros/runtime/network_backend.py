@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +11,36 @@ import torch
 from g2vlm_ros.model.g2vlm import Reconstruction
 from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult, check_rgb_images
 from g2vlm_ros.runtime.preprocess import prepare_images
+
+
+class BucketCache:
+    """What a backend builds per input size (bucket), least recently used first out.
+
+    Bounded because every bucket holds size-dependent constants (positional tables, CUDA graph
+    buffers, runtime sessions): windows of changing size, such as those an out-of-memory shrinks
+    one keyframe at a time, would otherwise keep them all."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, bucket):
+        item = self._items.get(bucket)
+        if item is not None:
+            self._items.move_to_end(bucket)
+        return item
+
+    def put(self, bucket, item) -> None:
+        self._items[bucket] = item
+        self._items.move_to_end(bucket)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class NetworkBackend(GeometryBackend):

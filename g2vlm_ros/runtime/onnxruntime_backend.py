@@ -16,7 +16,7 @@ import torch
 
 from g2vlm_ros.runtime.backend import BackendUnavailableError
 from g2vlm_ros.runtime.export import Bucket, read_manifest
-from g2vlm_ros.runtime.network_backend import NetworkBackend
+from g2vlm_ros.runtime.network_backend import BucketCache, NetworkBackend
 
 LOG = logging.getLogger("g2vlm_ros.runtime")
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -60,7 +60,7 @@ class OnnxRuntimeBackend(NetworkBackend):
         wanted = PROVIDER_PREFERENCE if device != "cpu" else ("CPUExecutionProvider",)
         self.providers = [p for p in wanted if p in available]
         self.precision = next(iter(self.exports.values()))["precision"]
-        self._sessions: dict[Bucket, object] = {}
+        self._sessions = BucketCache()
 
     def describe(self) -> str:
         return f"onnxruntime [{', '.join(self.providers)}] ({self.precision})"
@@ -70,7 +70,8 @@ class OnnxRuntimeBackend(NetworkBackend):
                 "graphs": ", ".join(str(manifest.get("onnx_file", "")) for manifest in self.exports.values())}
 
     def _session(self, bucket: Bucket):
-        if bucket not in self._sessions:
+        session = self._sessions.get(bucket)
+        if session is None:
             manifest = self.exports.get(bucket)
             if manifest is None:
                 raise BackendUnavailableError(
@@ -78,14 +79,18 @@ class OnnxRuntimeBackend(NetworkBackend):
                     f"{', '.join(b.stem for b in self.exports)} (run export_onnx --views/--height/--width)")
             path = Path(manifest["_dir"]) / manifest["onnx_file"]
             LOG.info("loading %s with %s", path.name, self.providers)
-            self._sessions[bucket] = self.ort.InferenceSession(str(path), providers=self.providers)
-        return self._sessions[bucket]
+            session = self.ort.InferenceSession(str(path), providers=self.providers)
+            self._sessions.put(bucket, session)
+        return session
 
     def raw_outputs(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         session = self._session(Bucket(batch.shape[0], batch.shape[2], batch.shape[3]))
         names = [output.name for output in session.get_outputs()]
         values = session.run(names, {"images": batch.cpu().numpy()})
         return {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}
+
+    def release_caches(self) -> None:
+        self._sessions.clear()
 
     def close(self) -> None:
         self._sessions.clear()

@@ -17,7 +17,7 @@ import torch
 from g2vlm_ros.model import CheckpointError, load_checkpoint
 from g2vlm_ros.runtime.backend import BackendUnavailableError
 from g2vlm_ros.runtime.export import Bucket, GeometryGraph
-from g2vlm_ros.runtime.network_backend import NetworkBackend
+from g2vlm_ros.runtime.network_backend import BucketCache, NetworkBackend
 
 LOG = logging.getLogger("g2vlm_ros.runtime")
 TOKEN_IDS_FILE = "token_ids.json"  # for checkpoint folders without tokenizer files
@@ -91,7 +91,7 @@ class TorchBackend(NetworkBackend):
             raise BackendUnavailableError(f"backend 'torch': {error} (or add {TOKEN_IDS_FILE})") from error
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.compile = compile
-        self._networks: dict[Bucket, object] = {}  # per bucket: a network or its captured CUDA graph
+        self._networks = BucketCache()  # per bucket: a network or its captured CUDA graph
         mode = "cuda graphs" if self.cuda_graphs else ("compiled" if compile else "eager")
         self.name = f"torch ({mode})" if mode != "eager" else "torch"
 
@@ -105,7 +105,7 @@ class TorchBackend(NetworkBackend):
         backend.input_device = model.device
         backend.prefix_token_ids, backend.special_token_ids = prefix_token_ids, special_token_ids
         backend.cuda_graphs, backend.compile = cuda_graphs and model.device.type == "cuda", compile
-        backend._networks = {}
+        backend._networks = BucketCache()
         backend.name = "torch (cuda graphs)" if backend.cuda_graphs else ("torch (compiled)" if compile else "torch")
         return backend
 
@@ -127,16 +127,20 @@ class TorchBackend(NetworkBackend):
     def raw_outputs(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's raw outputs for a preprocessed batch (the model-only part of `run`)."""
         bucket = Bucket(batch.shape[0], batch.shape[2], batch.shape[3])
-        if bucket not in self._networks:
+        network = self._networks.get(bucket)
+        if network is None:
             network = self._network(bucket)
             if self.cuda_graphs:
                 LOG.info("capturing a CUDA graph for bucket %s", bucket.stem)
                 network = CapturedGraph(network, bucket, self.device)
-            self._networks[bucket] = network
+            self._networks.put(bucket, network)
         with torch.no_grad():
-            outputs = self._networks[bucket](batch)
+            outputs = network(batch)
         names = ("local_points", "global_points", "rotation_raw", "translation", "conf")
         return dict(zip(names, outputs, strict=False))
+
+    def release_caches(self) -> None:
+        self._networks.clear()
 
     def close(self) -> None:
         self._networks.clear()

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Soak run: the perception node for minutes under a steady camera load and periodic questions.
+
+  .venv/bin/python scripts/soak.py                          # 10 min, 2 cameras at 30 Hz, the default model
+  .venv/bin/python scripts/soak.py --minutes 1 --backend test_pattern
+
+The node runs in its own process with its default model (the embedded demo model unless a
+--checkpoint is given); this process plays two cameras of a synthetic room (a stereo pair, same
+stamps) and asks a question every --question-period seconds. The printed report has the windows
+processed and dropped, the image-to-depth latency (p50/p95/max), the node's RSS after warm-up and
+at the end, and the questions answered, refused and unanswered. Targets (exit code 1 if one is
+missed): RSS growth under 5 % after warm-up, p95 latency under twice p50, no unanswered question.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTIONS = ("How much free space is straight ahead of left?", "What is the depth at (320, 240) in right?",
+             "How far is (100, 400)?")
+
+
+def isolated_environment() -> dict[str, str]:
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(random.randint(101, 200)),
+               FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds_large_shm.xml"), PYTHONUNBUFFERED="1")
+    env.pop("RMW_IMPLEMENTATION", None)
+    return env
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+class Load:
+    """Two cameras at a fixed rate, questions at a fixed period, and what came back."""
+
+    def __init__(self, node, frames: list[np.ndarray], rate_hz: float, question_period_s: float):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        from g2vlm_interfaces.srv import Ask
+
+        self.node, self.frames = node, frames
+        self.lock = threading.Lock()
+        self.latency_ms: list[float] = []
+        self.latency_times: list[float] = []  # monotonic arrival times, to drop the warm-up
+        self.asked = self.answered = self.refused = 0
+        self.pending: list = []
+        self.sent = 0
+        self.publishers = {name: node.create_publisher(Image, f"/{name}/image_raw", qos_profile_sensor_data)
+                           for name in ("left", "right")}
+        node.create_subscription(Image, "/g2vlm/left/depth_relative", self._on_depth, 10)
+        node.create_subscription(Image, "/g2vlm/left/depth", self._on_depth, 10)
+        self.client = node.create_client(Ask, "/g2vlm/ask", qos_profile=QoSProfile(
+            depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.ask_type = Ask
+        node.create_timer(1.0 / rate_hz, self._publish)
+        node.create_timer(question_period_s, self._ask)
+
+    def _publish(self) -> None:
+        from std_msgs.msg import Header
+
+        from g2vlm_ros.ros.conversions import numpy_to_image
+
+        stamp = self.node.get_clock().now().to_msg()
+        for offset, (name, publisher) in enumerate(self.publishers.items()):
+            frame = self.frames[(self.sent + 3 * offset) % len(self.frames)]
+            publisher.publish(numpy_to_image(frame, "rgb8", Header(stamp=stamp, frame_id=f"{name}_optical")))
+        self.sent += 1
+
+    def _on_depth(self, msg) -> None:
+        now = self.node.get_clock().now().nanoseconds
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.latency_ms.append((now - stamp) / 1e6)
+            self.latency_times.append(time.monotonic())
+
+    def _ask(self) -> None:
+        if not self.client.service_is_ready():
+            return
+        future = self.client.call_async(self.ask_type.Request(question=QUESTIONS[self.asked % len(QUESTIONS)]))
+        future.add_done_callback(self._on_answer)
+        with self.lock:
+            self.asked += 1
+            self.pending.append((time.monotonic(), future))
+
+    def _on_answer(self, future) -> None:
+        with self.lock:
+            if future.result().success:
+                self.answered += 1
+            else:
+                self.refused += 1
+
+    def unanswered(self, older_than_s: float) -> int:
+        with self.lock:
+            now = time.monotonic()
+            return sum(1 for sent, future in self.pending if not future.done() and now - sent > older_than_s)
+
+
+def inference_counts(node, timeout_s: float = 5.0) -> dict[str, str]:
+    """The newest 'g2vlm: inference' diagnostics values."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    found: dict[str, str] = {}
+
+    def on_diagnostics(msg) -> None:
+        for status in msg.status:
+            if status.name == "g2vlm: inference":
+                found.update({kv.key: kv.value for kv in status.values})
+
+    subscription = node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    deadline = time.monotonic() + timeout_s
+    while not found and time.monotonic() < deadline:
+        time.sleep(0.1)
+    node.destroy_subscription(subscription)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--warmup-s", type=float, default=60.0, help="excluded from RSS growth and latency")
+    parser.add_argument("--rate", type=float, default=30.0, help="frames per second per camera")
+    parser.add_argument("--question-period", type=float, default=1.0, help="seconds between questions")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--log", type=Path, default=Path("soak_node.log"))
+    args = parser.parse_args(argv)
+
+    env = isolated_environment()
+    os.environ.update(env)
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from g2vlm_ros.playback.frames import SyntheticSequence
+
+    frames = [frame.rgb for frame in SyntheticSequence().frames]
+    command = [str(Path(sys.prefix) / "lib" / "g2vlm_ros" / "perception_node"), "--ros-args",
+               "-p", "cameras:=[left,right]", "-p", f"backend:={args.backend}", "-p", "max_rate_hz:=30.0"]
+    if args.checkpoint:
+        command += ["-p", f"checkpoint_path:={args.checkpoint}"]
+    log = open(args.log, "w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rclpy.init()
+    node = rclpy.create_node("g2vlm_soak")
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    load = Load(node, frames, args.rate, args.question_period)
+    start = time.monotonic()
+    rss_after_warmup = None
+    try:
+        while time.monotonic() - start < args.minutes * 60:
+            time.sleep(1.0)
+            if process.poll() is not None:
+                print(f"the node exited with {process.returncode}; see {args.log}", file=sys.stderr)
+                return 1
+            if rss_after_warmup is None and time.monotonic() - start >= args.warmup_s:
+                rss_after_warmup = rss_mib(process.pid)
+        rss_end = rss_mib(process.pid)
+        counts = inference_counts(node)
+        time.sleep(5.0)  # the last questions' answers
+        unanswered = load.unanswered(older_than_s=5.0)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        executor.shutdown()
+        rclpy.try_shutdown()
+
+    warm = np.array([ms for ms, at in zip(load.latency_ms, load.latency_times, strict=True)
+                     if at - start >= args.warmup_s])
+    if warm.size == 0:
+        print("no depth output after warm-up", file=sys.stderr)
+        return 1
+    p50, p95, worst = np.percentile(warm, 50), np.percentile(warm, 95), warm.max()
+    growth = (rss_end - rss_after_warmup) / rss_after_warmup * 100
+    checks = {"RSS growth after warm-up < 5 %": growth < 5.0, "p95 latency < 2 x p50": p95 < 2 * p50,
+              "no unanswered question": unanswered == 0}
+    print(f"soak: {args.minutes:g} min, 2 cameras at {args.rate:g} Hz, a question every {args.question_period:g} s, "
+          f"backend {args.backend}{' ' + args.checkpoint if args.checkpoint else ''}, exit {process.returncode}")
+    print(f"  frames published per camera: {load.sent}")
+    print(f"  windows processed: {counts.get('windows_processed', '?')}, dropped (newer window replaced them): "
+          f"{counts.get('windows_dropped', '?')}, failed: {counts.get('windows_failed', '?')}, rate-limited: "
+          f"{counts.get('windows_rate_limited', '?')}")
+    print(f"  latency image stamp -> depth (after warm-up, {warm.size} windows): p50 {p50:.0f} ms, "
+          f"p95 {p95:.0f} ms, max {worst:.0f} ms")
+    print(f"  node RSS: {rss_after_warmup:.1f} MiB after {args.warmup_s:g} s warm-up, {rss_end:.1f} MiB at the end "
+          f"({growth:+.2f} %)")
+    print(f"  questions: {load.asked} asked, {load.answered} answered, {load.refused} refused, {unanswered} unanswered")
+    for name, passed in checks.items():
+        print(f"  {'PASS' if passed else 'FAIL'}  {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
