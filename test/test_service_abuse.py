@@ -186,3 +186,31 @@ def test_calls_during_reconfiguration_get_answers_or_clear_errors(answering_node
     assert any(response.success for response in responses) and reasons  # calls went on through the cycles
     wait_until(lambda: node.ask().success, 20, "no answer after reconfiguration")
     assert node.node.alive()
+
+
+def test_a_question_asked_the_moment_the_first_output_arrives_is_answered(start_node, ros_client):
+    """Outputs and the window they come from must be answerable together: a planner that asks as soon as it
+    sees the first depth image must not be told that no window exists yet."""
+    camera = f"first_{uuid.uuid4().hex[:8]}"
+    start_node(backend="test_pattern", cameras=[camera], input_qos="reliable", cloud_stride=1)
+    client = ros_client.node.create_client(Ask, "/g2vlm/ask", qos_profile=RELIABLE)
+    assert client.wait_for_service(timeout_sec=10)
+    futures = []
+
+    def on_depth(msg) -> None:
+        if not futures:  # the very first output: ask at once, from the subscription callback
+            futures.append(client.call_async(Ask.Request(question=GROUNDED)))
+
+    ros_client.node.create_subscription(Image, f"/g2vlm/{camera}/depth_relative", on_depth, RELIABLE)
+    publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", RELIABLE)
+
+    def publish() -> None:
+        if not futures:
+            header = Header(frame_id=f"{camera}_optical")
+            header.stamp = ros_client.node.get_clock().now().to_msg()
+            publisher.publish(rgb_image((100, 100, 100), header))
+
+    wait_until(lambda: futures and futures[0].done(), 20, "no answer to the first question", action=publish,
+               period_s=0.5)
+    response = futures[0].result()
+    assert response.success, response.error

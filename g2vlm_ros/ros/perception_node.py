@@ -370,10 +370,10 @@ class PerceptionNode(LifecycleNode):
         if not self._active or scale_input is None or publisher is None:
             return  # deactivated while the model ran: publish nothing
         scale = scale_input.measure(window.frames, result)
+        with self._snapshot_lock:  # before publishing: a client that saw the outputs can ask about them at once
+            self._snapshot = Snapshot(window, result, scale)
         publisher.publish(window.frames, result, self._output_settings(window, result, scale))
         self._publish_scale(window, scale)
-        with self._snapshot_lock:
-            self._snapshot = Snapshot(window, result, scale)
         health.record_success()
 
     def _on_out_of_memory(self, window: Window[Frame], smaller: Window[Frame], reason: str) -> None:
