@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         for log in logs.values():
             log.close()
 
-    report(args, camera, monitor, rates, response)
+    report(args, monitor, rates, response)
     written = write_previews(monitor, args.output)
     print("  previews:\n" + "\n".join(f"    {path}" for path in written), flush=True)
     client.destroy_node()
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(args, camera: CameraSource, monitor: Monitor, rates: dict[str, float], response) -> None:
+def report(args, monitor: Monitor, rates: dict[str, float], response) -> None:
     banner("g2vlm demo report")
     backend = monitor.status_value("g2vlm: model", "backend") or "unknown"
     checkpoint = monitor.status_value("g2vlm: model", "checkpoint") or args.checkpoint or "-"

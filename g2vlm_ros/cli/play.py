@@ -31,10 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from g2vlm_ros.playback.bag import BagError, Recording, is_bag, shift_header_stamps
-from g2vlm_ros.playback.frames import SYNTHETIC_SEED, PlaybackFrame, open_sequence
+from g2vlm_ros.playback.frames import SYNTHETIC_SEED, open_sequence
 
 DEFAULT_IMAGE_RATE_HZ = 5.0
 
@@ -64,18 +62,6 @@ def message_class(msgtype: str):
         return getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError):
         return None
-
-
-def camera_info_message(intrinsics: np.ndarray, width: int, height: int, header):
-    """CameraInfo of an undistorted pinhole camera with intrinsics K [3,3]."""
-    from sensor_msgs.msg import CameraInfo
-
-    k = [float(v) for v in np.asarray(intrinsics, dtype=np.float64).reshape(9)]
-    info = CameraInfo(header=header, width=width, height=height, distortion_model="plumb_bob")
-    info.k, info.d = k, [0.0] * 5
-    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    info.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, 0.0, 0.0, 1.0, 0.0]
-    return info
 
 
 def looped(make_iterator, loop: bool) -> Iterator:
@@ -108,6 +94,7 @@ def play_frames(node, sequence, camera: str, rate_hz: float, loop: bool, count: 
     from std_msgs.msg import Header
 
     from g2vlm_ros.ros.conversions import numpy_to_image
+    from g2vlm_ros.ros.outputs import pinhole_camera_info
 
     images = node.create_publisher(Image, f"/{camera}/image_raw", 10)
     infos = node.create_publisher(CameraInfo, f"/{camera}/camera_info", 10)
@@ -115,15 +102,14 @@ def play_frames(node, sequence, camera: str, rate_hz: float, loop: bool, count: 
                            + ("" if loop else ", once"))
     wait_for_subscribers(node, [images], start)
     pacer, sent = Pacer(), 0
-    for frame in looped(lambda: iter(sequence), loop):
-        frame: PlaybackFrame
+    for frame in looped(lambda: iter(sequence), loop):  # PlaybackFrame
         if count is not None and sent >= count:
             break
         pacer.wait(sent / rate_hz)
         header = Header(frame_id=f"{camera}_optical", stamp=node.get_clock().now().to_msg())
         if frame.intrinsics is not None:
             height, width = frame.rgb.shape[:2]
-            infos.publish(camera_info_message(frame.intrinsics, width, height, header))
+            infos.publish(pinhole_camera_info(header, frame.intrinsics, width, height))
         images.publish(numpy_to_image(frame.rgb, "rgb8", header))
         sent += 1
     return sent

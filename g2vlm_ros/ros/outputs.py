@@ -70,8 +70,8 @@ class CameraPublishers:
         return [p for p in (self.depth_relative, self.depth, self.confidence, self.camera_info, self.pose) if p]
 
 
-def estimated_camera_info(header: Header, intrinsics: np.ndarray, width: int, height: int) -> CameraInfo:
-    """CameraInfo for an undistorted pinhole camera with intrinsics K (from the model)."""
+def pinhole_camera_info(header: Header, intrinsics: np.ndarray, width: int, height: int) -> CameraInfo:
+    """CameraInfo for an undistorted pinhole camera with intrinsics K (the model's estimate, or exact ones)."""
     k = intrinsics.astype(np.float64)
     info = CameraInfo(header=header, width=width, height=height, distortion_model="plumb_bob")
     info.d = [0.0] * 5
@@ -152,7 +152,7 @@ class GeometryPublisher:
             info.header = frame.header
         else:
             k = scale_intrinsics(result.intrinsics[index].double().cpu().numpy(), result.size, (width, height))
-            info = estimated_camera_info(frame.header, k, width, height)
+            info = pinhole_camera_info(frame.header, k, width, height)
         publishers.camera_info.publish(info)
         if not settings.withhold_geometry:
             publishers.pose.publish(PoseStamped(
