@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,16 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from g2vlm_ros.cli.demo import isolated_ros_environment
+
 QUESTIONS = ("How much free space is straight ahead of left?", "What is the depth at (320, 240) in right?",
              "How far is (100, 400)?")
-
-
-def isolated_environment() -> dict[str, str]:
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(random.randint(101, 200)),
-               FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds_large_shm.xml"), PYTHONUNBUFFERED="1")
-    env.pop("RMW_IMPLEMENTATION", None)
-    return env
 
 
 def rss_mib(pid: int) -> float:
@@ -138,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--log", type=Path, default=Path("soak_node.log"))
     args = parser.parse_args(argv)
 
-    env = isolated_environment()
+    env = isolated_ros_environment()
     os.environ.update(env)
     import rclpy
     from rclpy.executors import MultiThreadedExecutor

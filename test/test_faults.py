@@ -19,6 +19,7 @@ from nav_msgs.msg import Path as PathMsg
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from test_backends import IDS
 
 from conftest import FIXTURES, wait_until
 from g2vlm_interfaces.srv import Ask
@@ -27,8 +28,6 @@ from test_node_process import rgb_image
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 ERROR, WARN = b"\x02", b"\x01"
 FAULTY = "plugin:faulty_backend:FaultyBackend"
-IDS = {"prompt_token_ids": [10, 11, 12],
-       "special_token_ids": {"bos_token_id": 1, "eos_token_id": 2, "start_of_image": 3, "end_of_image": 4}}
 
 
 def fault_env(mode: str) -> dict[str, str]:

@@ -122,14 +122,13 @@ def test_the_torch_backend_frees_its_per_size_graphs_on_request(tiny_checkpoint,
     import shutil
 
     import numpy as np
+    from test_backends import IDS
 
     from g2vlm_ros.runtime.torch_backend import TorchBackend
 
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)
-    (folder / "token_ids.json").write_text(json.dumps(
-        {"prompt_token_ids": [10, 11, 12],
-         "special_token_ids": {"bos_token_id": 1, "eos_token_id": 2, "start_of_image": 3, "end_of_image": 4}}))
+    (folder / "token_ids.json").write_text(json.dumps(IDS))
     backend = TorchBackend(str(folder), "cpu")
     images = [np.zeros((48, 64, 3), np.uint8)] * 6
     for views in (1, 2, 3, 4, 5, 6):  # a window shrinking or growing one keyframe at a time

@@ -20,6 +20,7 @@ from lifecycle_msgs.msg import State, Transition
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from test_faults import Camera
 from test_lifecycle import change, state
 
 from conftest import FIXTURES, wait_until
@@ -69,15 +70,9 @@ class AnsweringNode:
         self.camera = f"abuse_{uuid.uuid4().hex[:8]}"
         self.node = start_node(backend="test_pattern", cameras=[self.camera], input_qos="reliable", **parameters)
         self.depth = ros_client.collect(Image, f"/g2vlm/{self.camera}/depth_relative", RELIABLE)
-        self.publisher = ros_client.node.create_publisher(Image, f"/{self.camera}/image_raw", RELIABLE)
-        self.timer = ros_client.node.create_timer(0.1, self.publish)
+        self.feed = Camera(ros_client, self.camera, rate_hz=10.0)
         self.client = ros_client.node.create_client(Ask, "/g2vlm/ask", qos_profile=RELIABLE)
         wait_until(lambda: self.depth, 20, "no window processed")
-
-    def publish(self) -> None:
-        header = Header(frame_id=f"{self.camera}_optical")
-        header.stamp = self.ros.node.get_clock().now().to_msg()
-        self.publisher.publish(rgb_image((100, 100, 100), header))
 
     def ask(self, question: str = GROUNDED, timeout_s: float = 20.0) -> Ask.Response:
         future = self.client.call_async(Ask.Request(question=question))
@@ -89,7 +84,7 @@ class AnsweringNode:
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
     def close(self) -> None:
-        self.ros.node.destroy_timer(self.timer)
+        self.feed.stop()
 
 
 @pytest.fixture

@@ -90,8 +90,7 @@ class Monitor:
 
         self.node = node
         self.lock = threading.Lock()
-        self.counts: dict[str, int] = {}
-        self.arrivals: dict[str, list[float]] = {}  # monotonic arrival times, for rates
+        self.arrivals: dict[str, list[float]] = {}  # monotonic arrival times: counts and rates
         self.recent: dict[str, OrderedDict] = {}
         self.latency_ms: list[float] = []
         self.diagnostics: dict[str, object] = {}
@@ -111,7 +110,6 @@ class Monitor:
     def _on(self, key: str, msg) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
-            self.counts[key] = self.counts.get(key, 0) + 1
             self.arrivals.setdefault(key, []).append(time.monotonic())
             kept = self.recent.setdefault(key, OrderedDict())
             kept[stamp] = msg
@@ -131,8 +129,12 @@ class Monitor:
             times = [t for t in self.arrivals.get(key, []) if t >= since]
         return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
+    def count(self, key: str) -> int:
+        with self.lock:
+            return len(self.arrivals.get(key, ()))
+
     def outputs(self) -> int:
-        return self.counts.get("depth", 0) + self.counts.get("depth_relative", 0)
+        return self.count("depth") + self.count("depth_relative")
 
     def newest(self, key: str):
         with self.lock:
@@ -257,7 +259,7 @@ def report(args, monitor: Monitor, rates: dict[str, float], response) -> None:
     print(f"  source: {args.source}; window: {args.window} view(s)")
     print(f"  topic rates over {args.seconds:g} s:")
     for key, (_, topic) in monitor.topics.items():
-        if monitor.counts.get(key):
+        if monitor.count(key):
             print(f"    {topic:<42s} {rates[key]:6.2f} Hz")
     latency = np.array(monitor.latency_ms[1:] or monitor.latency_ms)  # the first includes warm-up
     print(f"  latency, image stamp -> depth received: p50 {np.median(latency):.0f} ms, "
@@ -298,7 +300,7 @@ def write_previews(monitor: Monitor, output: Path) -> list[Path]:
     from g2vlm_ros.ros.conversions import image_to_numpy_float, unpack_point_cloud, unpack_rgb_float
 
     written = []
-    metric = monitor.counts.get("depth", 0) > 0
+    metric = monitor.count("depth") > 0
     stamp, depth_msg = monitor.newest("depth" if metric else "depth_relative")
     unit = "m" if metric else "relative"
     depth = image_to_numpy_float(depth_msg)

@@ -24,16 +24,15 @@ class PlaybackFrame:
     intrinsics: Optional[np.ndarray] = None  # [3,3] pinhole K for this image size, when known
 
 
-def shrink(rgb: np.ndarray, max_width: int) -> tuple[np.ndarray, float]:
-    """`rgb` resized to at most `max_width` pixels wide (aspect kept), and the factor applied."""
+def shrink(rgb: np.ndarray, max_width: int) -> np.ndarray:
+    """`rgb` resized to at most `max_width` pixels wide (aspect kept)."""
     height, width = rgb.shape[:2]
     if max_width <= 0 or width <= max_width:
-        return rgb, 1.0
+        return rgb
     from PIL import Image
 
-    factor = max_width / width
-    size = (max_width, max(1, round(height * factor)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)), factor
+    size = (max_width, max(1, round(height * max_width / width)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
 
 
 class FolderSequence:
@@ -53,7 +52,7 @@ class FolderSequence:
         for path in self.paths:
             with Image.open(path) as image:
                 rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-            yield PlaybackFrame(shrink(rgb, self.max_width)[0])
+            yield PlaybackFrame(shrink(rgb, self.max_width))
 
 
 class VideoSequence:
@@ -97,7 +96,7 @@ class VideoSequence:
             return
         with av.open(str(self.path)) as container:
             for frame in container.decode(video=0):
-                yield PlaybackFrame(shrink(frame.to_ndarray(format="rgb24"), self.max_width)[0])
+                yield PlaybackFrame(shrink(frame.to_ndarray(format="rgb24"), self.max_width))
 
     def _iterate_opencv(self) -> Iterator[PlaybackFrame]:
         import cv2
@@ -108,7 +107,7 @@ class VideoSequence:
                 ok, bgr = capture.read()
                 if not ok:
                     return
-                yield PlaybackFrame(shrink(np.ascontiguousarray(bgr[..., ::-1]), self.max_width)[0])
+                yield PlaybackFrame(shrink(np.ascontiguousarray(bgr[..., ::-1]), self.max_width))
         finally:
             capture.release()
 
