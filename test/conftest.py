@@ -30,6 +30,10 @@ os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 os.environ["PYTHONUNBUFFERED"] = "1"
 
 
+# the node's last start-up line; "backend ready: ..." comes earlier, before the demo-model banner and the rest
+READY_LINE = "]: ready: state "
+
+
 class NodeProcess:
     """A perception_node in its own process, its output captured in a log file."""
 
@@ -88,7 +92,7 @@ def start_node(tmp_path):
         node = NodeProcess(tmp_path / f"node{len(started)}.log", parameters, extra_env)
         started.append(node)
         if wait_ready:
-            node.wait_for_log("ready:")
+            node.wait_for_log(READY_LINE)
         return node
 
     yield start

@@ -19,7 +19,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from conftest import NodeProcess, wait_until
+from conftest import READY_LINE, NodeProcess, wait_until
 from g2vlm_ros.ros.conversions import image_to_numpy_float
 from test_node_process import expected_depth, rgb_image, stamp_of
 
@@ -38,7 +38,7 @@ class CameraUnderTest:
         self.node = NodeProcess(tmp_path_factory.mktemp(self.name) / "node.log", {
             "backend": "test_pattern", "cameras": [self.name], f"{self.name}.image_topic": topic,
             f"{self.name}.transport": transport, "input_qos": "reliable"})
-        self.node.wait_for_log("ready:")
+        self.node.wait_for_log(READY_LINE)
         node = ros_client.node
         self.images = node.create_publisher(CompressedImage if transport == "compressed" else Image, topic, RELIABLE)
         self.infos = node.create_publisher(CameraInfo, f"/{self.name}/camera_info", RELIABLE)
