@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     from rclpy.executors import MultiThreadedExecutor
 
     from g2vlm_ros.playback.frames import SyntheticSequence
+    from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
 
     frames = [frame.rgb for frame in SyntheticSequence().frames]
     command = [str(Path(sys.prefix) / "lib" / "g2vlm_ros" / "perception_node"), "--ros-args",
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
         time.sleep(5.0)  # the last questions' answers
         unanswered = load.unanswered(older_than_s=5.0)
     finally:
+        stop_rclpy_signal_handling()  # before the executor is shut down: see signal_teardown
         process.send_signal(signal.SIGINT)
         try:
             process.wait(30)

@@ -28,6 +28,7 @@ os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO / "config" / "fastdds_lar
 os.environ.pop("RMW_IMPLEMENTATION", None)  # only rmw_fastrtps_cpp exists in the pip install
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 os.environ["PYTHONUNBUFFERED"] = "1"
+os.environ["PYTHONFAULTHANDLER"] = "1"  # a node that crashes prints every thread's Python stack
 
 
 # the node's last start-up line; "backend ready: ..." comes earlier, before the demo-model banner and the rest

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
@@ -251,3 +252,43 @@ def test_ctrl_c_with_a_window_in_flight_exits_cleanly_and_reports_no_failure(sta
     time.sleep(0.5)  # the next window is in the model now (1.5 s each, frames at 10 Hz)
     assert node.stop(timeout_s=30) == 0, node.log()
     assert "inference failed" not in node.log() and "Traceback" not in node.log(), node.log()
+
+
+@pytest.fixture(scope="session")
+def slow_signal_thread(tmp_path_factory) -> Path:
+    """test/fixtures/slow_signal_thread.c as a shared library, to LD_PRELOAD into a node."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("needs a C compiler")
+    library = tmp_path_factory.mktemp("slow_signal_thread") / "slow_signal_thread.so"
+    built = subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(library),
+                            str(FIXTURES / "slow_signal_thread.c"), "-ldl"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    return library
+
+
+def test_ctrl_c_waits_for_rclpy_signal_thread_before_destroying_the_executor(start_node, slow_signal_thread):
+    """rclpy's signal thread, scheduled late, triggers the executor's guard condition after the main thread
+    has begun teardown: the node must wait for that thread, not free what it triggers. Here the thread
+    sleeps 3 s before triggering while the main thread wakes within 1 s (the diagnostics timer) and sees its
+    KeyboardInterrupt. Without the wait this crashed (SIGSEGV) or logged a failed trigger."""
+    node = start_node(backend="test_pattern", diagnostics_period_s=1.0,
+                      extra_env={"LD_PRELOAD": str(slow_signal_thread), "SLOW_SIGNAL_THREAD_MS": "3000"})
+    time.sleep(0.5)  # spinning
+    code = node.stop(timeout_s=30)
+    log = node.log()
+    assert code == 0 and "Fatal Python error" not in log and "rcl_trigger_guard_condition() failed" not in log, log
+    assert "slow_signal_thread: trigger delayed" in log, log  # the shim ran in rclpy's signal thread
+
+
+def test_after_teardown_starts_a_further_ctrl_c_exits_at_once():
+    """Teardown may wait for a window in flight; a user pressing Ctrl-C again gets the process ended."""
+    script = ("import os, signal, time, rclpy\n"
+              "from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling\n"
+              "rclpy.init()\n"
+              "stop_rclpy_signal_handling()\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "time.sleep(10)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert "Ctrl-C during shutdown: exiting without cleanup" in done.stderr

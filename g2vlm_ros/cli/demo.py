@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from g2vlm_interfaces.srv import Ask
+    from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
 
     if args.backend == "test_pattern":
         banner("DEMO WITH THE TEST PATTERN BACKEND: depth = 1 + image brightness, poses are fixed.\n"
@@ -238,7 +239,11 @@ def run(args: argparse.Namespace) -> int:
             spin_for(executor, 30.0, done=future.done)
             response = future.result() if future.done() else None
         spin_for(executor, 1.5)  # the newest diagnostics
+    except KeyboardInterrupt:
+        print("demo: interrupted; stopping the node and the player", file=sys.stderr)
+        return 130
     finally:
+        stop_rclpy_signal_handling()  # before the executor can be freed: see signal_teardown
         stop(processes)
         for log in logs.values():
             log.close()

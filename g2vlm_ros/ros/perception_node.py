@@ -48,6 +48,7 @@ from g2vlm_ros.ros.node_diagnostics import node_statuses
 from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings
 from g2vlm_ros.ros.params import ConfigError, NodeConfig, declare_and_read, make_set_parameters_callback
 from g2vlm_ros.ros.scale_input import ScaleInput
+from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
 from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
@@ -477,6 +478,7 @@ def main(args: Optional[list[str]] = None) -> int:
         if rclpy.ok(context=node.context):
             raise
     finally:
+        stop_rclpy_signal_handling()  # first: its thread may still be about to wake this executor
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
