@@ -7,9 +7,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
+from test_conversions import round_trip
 
 from g2vlm_ros.ros.conversions import (
     ImageConversionError,
@@ -40,10 +40,6 @@ def with_padding(pixels: np.ndarray, padding: int) -> tuple[bytes, int]:
     rows = pixels.reshape(pixels.shape[0], -1)
     padded = np.concatenate([rows, np.full((rows.shape[0], padding), 0xAB, np.uint8)], axis=1)
     return padded.tobytes(), padded.shape[1]
-
-
-def round_trip(msg):
-    return deserialize_message(serialize_message(msg), type(msg))
 
 
 @PROPERTIES

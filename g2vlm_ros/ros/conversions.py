@@ -77,8 +77,7 @@ def _pixel_rows(msg: Image, row_bytes: int) -> np.ndarray:
 def _grey16_to_rgb(msg: Image) -> np.ndarray:
     """mono16 -> RGB uint8, stretched per frame from the 0.5th to the 99.5th percentile, as image viewers
     show it: 16-bit cameras fill anywhere from 10 to 16 bits, so a fixed shift would leave many black."""
-    dtype = np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<")
-    grey = np.ascontiguousarray(_pixel_rows(msg, int(msg.width) * 2)).view(dtype).astype(np.float32)
+    grey = _values(msg, _pixel_rows(msg, int(msg.width) * 2), np.uint16).astype(np.float32)
     low, high = np.percentile(grey, [0.5, 99.5])
     scaled = np.clip((grey - low) * (255.0 / max(float(high - low), 1.0)), 0, 255).astype(np.uint8)
     return np.repeat(scaled[:, :, None], 3, axis=2)
@@ -127,12 +126,22 @@ def image_to_numpy_float(msg: Image) -> np.ndarray:
     """Reads a 32FC1 image into a float32 [H,W] array."""
     if msg.encoding != "32FC1":
         raise ImageConversionError(f"expected 32FC1, got '{msg.encoding}'")
-    if msg.step < msg.width * 4 or len(msg.data) != msg.step * msg.height:
-        raise ImageConversionError(f"32FC1 image {msg.width}x{msg.height} with step {msg.step} does not hold "
-                                   f"its {len(msg.data)} bytes")
-    dtype = np.dtype(np.float32).newbyteorder(">" if msg.is_bigendian else "<")
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-    return rows[:, : msg.width * 4].copy().view(dtype).astype(np.float32).reshape(msg.height, msg.width)
+    return _values(msg, _data_rows(msg, 4, "32FC1 image"), np.float32).astype(np.float32)
+
+
+def _data_rows(msg: Image, bytes_per_pixel: int, what: str) -> np.ndarray:
+    """The pixel bytes [H, W*bytes_per_pixel] of an output-side image (depth, confidence), checking only
+    that step and data length hold them: unlike camera input (`_pixel_rows`), empty images pass."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if step < width * bytes_per_pixel or len(msg.data) != step * height:
+        raise ImageConversionError(f"{what} {width}x{height} with step {step} does not hold its {len(msg.data)} bytes")
+    return np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, : width * bytes_per_pixel]
+
+
+def _values(msg: Image, rows: np.ndarray, dtype) -> np.ndarray:
+    """Unpadded pixel bytes [H, W*itemsize] as [H,W] values of `dtype` in the message's byte order."""
+    typed = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
+    return np.ascontiguousarray(rows).view(typed).reshape(int(msg.height), int(msg.width))
 
 
 def depth_image_to_metres(msg: Image) -> np.ndarray:
@@ -141,12 +150,7 @@ def depth_image_to_metres(msg: Image) -> np.ndarray:
     if msg.encoding == "32FC1":
         depth = image_to_numpy_float(msg).astype(np.float64)
     elif msg.encoding in ("16UC1", "mono16"):
-        dtype = np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<")
-        if msg.step < msg.width * 2 or len(msg.data) != msg.step * msg.height:
-            raise ImageConversionError(f"depth image {msg.width}x{msg.height} with step {msg.step} does not hold "
-                                       f"its {len(msg.data)} bytes")
-        rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-        depth = rows[:, : msg.width * 2].copy().view(dtype).astype(np.float64) * 1e-3
+        depth = _values(msg, _data_rows(msg, 2, "depth image"), np.uint16).astype(np.float64) * 1e-3
     else:
         raise ImageConversionError(f"depth image encoding '{msg.encoding}' is not 32FC1 (m) or 16UC1 (mm)")
     depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
