@@ -18,7 +18,7 @@ import pytest
 from g2vlm_ros.geometry.pinhole import backproject_depth, transform_points
 from g2vlm_ros.reasoning.geometric import WindowGeometry, answer_parsed
 from g2vlm_ros.reasoning.grammar import SUPPORTED_FORMS, parse_question
-from g2vlm_ros.reasoning.question import Answer, QuestionError
+from g2vlm_ros.reasoning.question import Answer, QuestionError, check_cameras
 
 WIDTH, HEIGHT, FOCAL, WALL = 64, 48, 50.0, 2.0
 K = np.array([[FOCAL, 0, (WIDTH - 1) / 2], [0, FOCAL, (HEIGHT - 1) / 2], [0, 0, 1]])
@@ -165,6 +165,24 @@ def fake_node():
     logger = SimpleNamespace(error=lambda message: None)
     return SimpleNamespace(latest_snapshot=lambda: snapshot, config=config, camera_names=["front"],
                            not_ready_reason=lambda: "", get_logger=lambda: logger)
+
+
+def test_camera_errors_stay_short_and_name_an_empty_camera():
+    known = ["front", "rear"]
+    assert check_cameras([], known) == known and check_cameras(["rear"], known) == ["rear"]
+
+    def error(requested) -> str:
+        with pytest.raises(QuestionError) as raised:
+            check_cameras(requested, known)
+        return str(raised.value)
+
+    many = error([f"camera_{index:04d}_{'x' * 40}" for index in range(1000)])  # about 50 KB of names
+    assert len(many) < 400 and "camera_0000" in many and "and 995 more" in many, many[:500]
+    assert many.endswith("; configured: front, rear")
+    assert len(error(["y" * 100_000])) < 200
+    assert error(["nope"] * 1000) == "unknown camera(s) nope; configured: front, rear"  # each name once
+    assert error(["front", ""]) == "unknown camera(s) an empty camera name; configured: front, rear"
+    assert "'line\\nbreak'" in error(["line\nbreak"])  # control characters are shown escaped, not raw
 
 
 def test_ask_handler_enforces_timeout_and_concurrency():
