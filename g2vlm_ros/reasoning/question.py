@@ -45,12 +45,35 @@ def check_question(question: str, max_bytes: int) -> str:
     return stripped
 
 
+# The request's camera list comes from any caller: the error names only a few of its entries, each clipped,
+# so that a list of thousands of (long) names yields a short answer and log line, not kilobytes.
+NAMES_IN_ERROR = 5
+CONFIGURED_NAMES_IN_ERROR = 16  # the node's own list is short, but a params file is input too
+NAME_CHARACTERS_IN_ERROR = 40
+
+
 def check_cameras(requested: Sequence[str], known: Sequence[str]) -> list[str]:
     """Returns the cameras to answer over (all when none requested); unknown names are an error."""
-    unknown = [name for name in requested if name not in known]
+    unknown = list(dict.fromkeys(name for name in requested if name not in known))  # distinct, in request order
     if unknown:
-        raise QuestionError(f"unknown camera(s) {', '.join(unknown)}; configured: {', '.join(known)}")
+        raise QuestionError(f"unknown camera(s) {name_list(unknown)}; "
+                            f"configured: {name_list(known, CONFIGURED_NAMES_IN_ERROR)}")
     return list(requested) or list(known)
+
+
+def name_list(names: Sequence[str], limit: int = NAMES_IN_ERROR) -> str:
+    """At most `limit` names, each readable and clipped, then how many more there are."""
+    shown = ", ".join(_readable_name(name) for name in names[:limit])
+    more = len(names) - limit
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _readable_name(name: str) -> str:
+    if name == "":
+        return "an empty camera name"
+    clipped = name[:NAME_CHARACTERS_IN_ERROR] + ("..." if len(name) > NAME_CHARACTERS_IN_ERROR else "")
+    # control characters or surrounding spaces would make the name unreadable in a log line: quote it
+    return clipped if clipped.isprintable() and clipped.strip() == clipped else repr(clipped)
 
 
 def effective_timeout(requested_s: float, default_s: float) -> float:
