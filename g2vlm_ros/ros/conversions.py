@@ -75,32 +75,80 @@ def _pixel_rows(msg: Image, row_bytes: int) -> np.ndarray:
 
 
 def _grey16_to_rgb(msg: Image) -> np.ndarray:
-    """mono16 -> RGB uint8, stretched per frame from the 0.5th to the 99.5th percentile, as image viewers
-    show it: 16-bit cameras fill anywhere from 10 to 16 bits, so a fixed shift would leave many black."""
-    grey = _values(msg, _pixel_rows(msg, int(msg.width) * 2), np.uint16).astype(np.float32)
+    return stretch_grey16(_values(msg, _pixel_rows(msg, int(msg.width) * 2), np.uint16))
+
+
+def stretch_grey16(grey: np.ndarray) -> np.ndarray:
+    """16-bit grey [H,W] -> RGB uint8, stretched per frame from the 0.5th to the 99.5th percentile, as image
+    viewers show it: 16-bit cameras fill anywhere from 10 to 16 bits, so a fixed shift would leave many black.
+    mono16 images and 16-bit PNGs share it, so a camera looks the same over either transport."""
+    grey = grey.astype(np.float32)
     low, high = np.percentile(grey, [0.5, 99.5])
     scaled = np.clip((grey - low) * (255.0 / max(float(high - low), 1.0)), 0, 255).astype(np.uint8)
     return np.repeat(scaled[:, :, None], 3, axis=2)
 
 
+# Only these two codecs are decoded: they are what image_transport's compressed plugin sends, and opening
+# topic data with every Pillow plug-in would expose TIFF, EPS (Ghostscript) and other parsers to any publisher.
+COMPRESSED_MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
+CODEC_ALIASES = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
+# codecs a `format` may name that are not decoded here; other words (or none) leave the choice to the data
+OTHER_CODECS = ("tiff", "tif", "bmp", "gif", "webp", "eps", "avif", "qoi", "rvl", "zstd", "h264", "h265", "hevc")
+GREY16_PIL_MODES = ("I;16", "I;16L", "I;16B", "I")  # a 16-bit grey PNG ("I" in older Pillow)
+
+
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """Decodes a JPEG/PNG sensor_msgs/CompressedImage to RGB uint8 [H,W,3]."""
+    """Decodes a JPEG or PNG sensor_msgs/CompressedImage to RGB uint8 [H,W,3]; 16-bit grey PNGs are stretched
+    like mono16.
+
+    `format` is "jpeg", "png" or image_transport's "<encoding>; <codec> compressed <encoding>". Refused with
+    the reason: compressedDepth (a depth map, and not plain PNG data), a float original encoding, a codec
+    other than JPEG or PNG, and data that is neither. The data's signature decides between JPEG and PNG, so a
+    stream labelled "jpeg" that carries PNG still decodes.
+    """
     from PIL import Image as PILImage  # imported lazily: only compressed input needs Pillow
 
-    if len(msg.data) == 0:
+    codec = _check_compressed_format(msg.format)
+    data = bytes(msg.data)
+    if not data:
         raise ImageConversionError("compressed image has no data")
+    detected = next((name for name, magic in COMPRESSED_MAGIC.items() if data.startswith(magic)), None)
+    if detected is None:
+        named = f"format '{msg.format}' says {codec.upper()}, but " if codec else f"format '{msg.format}': "
+        raise ImageConversionError(f"{named}the data is neither JPEG nor PNG; only those two are decoded")
     try:
-        with PILImage.open(io.BytesIO(bytes(msg.data))) as decoded:
+        with PILImage.open(io.BytesIO(data), formats=["JPEG", "PNG"]) as decoded:
             if decoded.width * decoded.height > MAX_IMAGE_PIXELS:
                 raise ImageConversionError(f"image {decoded.width}x{decoded.height} exceeds the pixel limit")
+            if decoded.mode in GREY16_PIL_MODES:
+                return stretch_grey16(np.asarray(decoded))
             return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
     except ImageConversionError:
         raise
     except PILImage.UnidentifiedImageError as error:  # its text names a BytesIO object: useless in a log
         raise ImageConversionError(f"cannot decode compressed image (format '{msg.format}'): "
-                                   "the data is not an image Pillow can read") from error
+                                   f"the data is not a readable {detected.upper()} image") from error
     except Exception as error:  # PIL raises many types for corrupt data
         raise ImageConversionError(f"cannot decode compressed image (format '{msg.format}'): {error}") from error
+
+
+def _check_compressed_format(text: str) -> str:
+    """The codec `format` names ("jpeg", "png", or "" when it names none), after refusing what is no camera
+    image: compressedDepth, float encodings and codecs other than JPEG and PNG."""
+    if "compresseddepth" in text.lower():
+        raise ImageConversionError(
+            f"format '{text}' is compressedDepth, a depth map, not a camera image; "
+            "subscribe the camera to a colour or grey image topic")
+    parts = [part.strip() for part in text.split(";")]
+    encoding = parts[0].split()[0] if parts[0] else ""  # "32FC1; ..." or a bare "32FC1"
+    if encoding.upper().startswith(FLOAT_ENCODING_PREFIXES):
+        raise ImageConversionError(
+            f"format '{text}' carries the float encoding {encoding} (depth or disparity?), not a camera image")
+    words = parts[-1].lower().split()
+    codec = words[0] if words else ""
+    if codec in OTHER_CODECS:
+        raise ImageConversionError(f"format '{text}' names {codec.upper()}; only JPEG and PNG are decoded")
+    return CODEC_ALIASES.get(codec, "")
 
 
 def numpy_to_image(array: np.ndarray, encoding: str, header: Header) -> Image:
