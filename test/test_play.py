@@ -6,8 +6,10 @@ over DDS by the test's client node, as a perception node would hear it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -263,3 +265,56 @@ def test_the_node_processes_a_compressed_camera_from_a_looping_bag(start_node, r
     stamps = [stamp_ns(m) for m in depth]
     assert all(later > earlier for earlier, later in pairwise(stamps))  # loops never go back in time
     assert depth[-1].width == 64 and depth[-1].height == 48 and node.alive()
+
+
+def caught_signals(pid: int) -> int:
+    """The process's mask of signals with a handler installed (Linux /proc); 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+
+
+def stop_play_at(moment: str, signum: int, folder: Path, images: list, log_path: Path) -> tuple[int, str]:
+    """Starts play on `folder`, sends `signum` at `moment`, returns (exit status, stderr)."""
+    camera = "play_stop_idle" if moment == "waiting for a subscriber" else "play_stop"
+    args = [folder, "--camera", camera, "--rate", "50", "--delay", "0", "--wait-for-subscriber", "30"]
+    args += ["--count", "3"] if moment == "after the last frame" else []
+    log = log_path.open("w")
+    player = subprocess.Popen([sys.executable, "-m", "g2vlm_ros.cli.play", *map(str, args)], stdout=log,
+                              stderr=subprocess.STDOUT, env=os.environ.copy())
+    seen = len(images)
+    conditions = {
+        # play's SIGTERM handler is in place before its slow imports (numpy, rclpy): stop during those
+        "at start": lambda: caught_signals(player.pid) & (1 << (signal.SIGTERM - 1)),
+        "waiting for a subscriber": lambda: "playing " in log_path.read_text(),  # nobody subscribes to idle
+        "while publishing": lambda: len(images) >= seen + 3,
+        "after the last frame": lambda: "done: 3 messages" in log_path.read_text(),  # the acknowledgement wait
+    }
+    try:
+        wait_until(lambda: conditions[moment]() or player.poll() is not None, 30, f"{moment}: not reached")
+        player.send_signal(signum)
+        player.wait(20)
+    finally:
+        if player.poll() is None:
+            player.kill()
+        log.close()
+    return player.returncode, log_path.read_text()
+
+
+def test_play_exits_cleanly_on_sigint_and_sigterm_at_any_moment(ros_client, tmp_path):
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs /proc to see when play has installed its signal handlers")
+    folder = write_folder(tmp_path / "frames", gradient_frames(3))
+    images = ros_client.collect(Image, "/play_stop/image_raw", RELIABLE)
+    moments = ["waiting for a subscriber", "while publishing", "after the last frame"]
+    moments += ["at start"] * 3  # the cheapest stop (no DDS), and the one that lands in imports and rclpy.init
+    started = time.monotonic()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        for moment in moments:
+            code, output = stop_play_at(moment, signum, folder, images, tmp_path / "play.log")
+            where = f"{signal.Signals(signum).name} {moment}: exit {code}"
+            assert code == 0 and "Traceback" not in output and "Failed to wait" not in output, \
+                f"{where}\n{output[-3000:]}"
+    print(f"\n{2 * len(moments)} stops in {time.monotonic() - started:.1f} s")

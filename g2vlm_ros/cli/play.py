@@ -18,13 +18,17 @@ its recording times (--speed), once (--loop: again and again). Header stamps are
 Publishers are reliable (depth 10): they reach both SensorData (best effort) and reliable
 subscribers. /tf_static is transient local, as tf2 expects. DDS discovery takes up to about 3 s
 and messages sent before it are lost: --wait-for-subscriber S holds the first message until
-something subscribes (at most S s), and at exit play waits for subscribers to acknowledge.
+something subscribes (at most S s), and at the end play waits for subscribers to acknowledge.
+Ctrl-C (SIGINT) and SIGTERM stop it at any moment with exit status 0.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,9 +36,61 @@ from pathlib import Path
 from typing import Optional
 
 from g2vlm_ros.playback.bag import BagError, Recording, is_bag, shift_header_stamps
-from g2vlm_ros.playback.frames import SYNTHETIC_SEED, open_sequence
+from g2vlm_ros.ros.signal_teardown import SECOND_SIGINT_EXIT_CODE
+
+# g2vlm_ros.playback.frames (numpy, and torch for synthetic rooms) is imported in main(), after the signal
+# handlers are in place: a stop during those slow imports then ends play cleanly too.
 
 DEFAULT_IMAGE_RATE_HZ = 5.0
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM asked play to stop: main() ends with exit status 0."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM only note a stop request; play acts on it at its waits (sleep(), check()).
+
+    An exception raised from a signal handler lands wherever the main thread happens to be: inside an import
+    (numpy then reports a broken install), inside rclpy's set-up or teardown, or inside the final wait for
+    acknowledgements. rclpy's own handlers are not installed either (SignalHandlerOptions.NO, as in the ask
+    tool): they shut the context down from a thread of their own while the main thread may still publish or
+    wait ("publisher's context is invalid"), and on Humble they leave SIGTERM to kill the process. A second
+    signal exits at once, without cleanup, for a play stuck in a long import or decode.
+    """
+
+    POLL_S = 0.05  # the longest a requested stop waits while play sleeps
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; an embedding program keeps its own
+        # set explicitly, SIGINT too: a background job of a script inherits it ignored
+        signal.signal(signal.SIGINT, self._note)
+        signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum, frame) -> None:
+        if self.requested:
+            os.write(2, b"play: second stop signal, exiting without cleanup\n")
+            os._exit(SECOND_SIGINT_EXIT_CODE)
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise Stopped()
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep(seconds) that raises Stopped within POLL_S of a stop request."""
+        deadline = time.monotonic() + seconds
+        self.check()
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(remaining, self.POLL_S))
+            self.check()
+
+
+STOP = StopSignals()
 
 
 @dataclass(frozen=True)
@@ -49,10 +105,10 @@ class StartPolicy:
 def wait_for_subscribers(node, publishers: list, start: StartPolicy) -> None:
     deadline = time.monotonic() + start.wait_for_subscriber_s
     while time.monotonic() < deadline and not any(p.get_subscription_count() for p in publishers):
-        time.sleep(0.05)
+        STOP.sleep(0.05)
     if start.wait_for_subscriber_s and not any(p.get_subscription_count() for p in publishers):
         node.get_logger().warning(f"no subscriber after {start.wait_for_subscriber_s:g} s; playing anyway")
-    time.sleep(start.delay_s)  # also lets the subscriber's side finish matching this publisher
+    STOP.sleep(start.delay_s)  # also lets the subscriber's side finish matching this publisher
 
 
 def message_class(msgtype: str):
@@ -84,7 +140,7 @@ class Pacer:
     def wait(self, offset_s: float) -> None:
         if self.start is None:
             self.start = time.monotonic() - offset_s
-        time.sleep(max(0.0, self.start + offset_s - time.monotonic()))
+        STOP.sleep(max(0.0, self.start + offset_s - time.monotonic()))
 
 
 def play_frames(node, sequence, camera: str, rate_hz: float, loop: bool, count: Optional[int],
@@ -163,17 +219,38 @@ def play_bag(node, path: Path, topics: Optional[list[str]], speed: float, loop: 
                 return sent
 
 
-def deliver_before_exit(node, timeout_s: float = 4.0) -> None:
+def deliver_before_exit(node, timeout_s: float = 4.0, slice_s: float = 0.1) -> None:
     """Waits (bounded) until subscribers acknowledged what was sent: a reliable writer destroyed
     right after its last publish loses samples a reader has not confirmed yet. Fast DDS asks for
-    acknowledgements with its 3 s heartbeat, hence up to about 3 s at exit."""
+    acknowledgements with its 3 s heartbeat, hence up to about 3 s at exit. Waits in short slices so
+    that a stop request ends the wait, and gives up without an error once the context is invalid:
+    nothing can be delivered then."""
     from rclpy.duration import Duration
 
-    for publisher in list(node.publishers):
-        publisher.wait_for_all_acked(Duration(seconds=timeout_s))
+    deadline = time.monotonic() + timeout_s
+    pending = list(node.publishers)
+    while pending and time.monotonic() < deadline and not STOP.requested and node.context.ok():
+        try:
+            pending = [p for p in pending if not p.wait_for_all_acked(Duration(seconds=slice_s))]
+        except RuntimeError:  # rclpy's RCLError: "publisher's context is invalid", shut down meanwhile
+            return
+
+
+def close(node, deliver: bool) -> None:
+    """Ends playback: waits for acknowledgements unless play was stopped (the user wants it gone), then
+    destroys the node and shuts rclpy down."""
+    import rclpy
+
+    if node is not None:
+        if deliver:
+            deliver_before_exit(node)
+        node.destroy_node()
+    rclpy.try_shutdown()
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    from g2vlm_ros.playback.frames import SYNTHETIC_SEED
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
@@ -202,7 +279,10 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    STOP.install()  # first: a stop during the imports and set-up below must end play cleanly too
     args, ros_args = parse_args(argv)
+    from g2vlm_ros.playback.frames import open_sequence
+
     bag = is_bag(Path(args.source))
     try:
         sequence = None if bag else open_sequence(args.source, args.max_width, args.seed)
@@ -210,10 +290,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"play: {error}", file=sys.stderr)
         return 2
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=ros_args)
-    node = rclpy.create_node("g2vlm_play")
+    rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
+    node, stopped = None, False
     try:
+        node = rclpy.create_node("g2vlm_play")
+        STOP.check()  # a stop during the set-up above
         start = StartPolicy(max(0.0, args.delay), max(0.0, args.wait_for_subscriber))
         if bag:
             loop = bool(args.loop)
@@ -228,12 +311,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BagError as error:
         node.get_logger().error(str(error))
         return 2
-    except KeyboardInterrupt:
+    except Stopped:
+        stopped = True
         return 0
     finally:
-        deliver_before_exit(node)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        close(node, deliver=not stopped)
 
 
 if __name__ == "__main__":
