@@ -38,11 +38,13 @@ READY_LINE = "]: ready: state "
 class NodeProcess:
     """A perception_node in its own process, its output captured in a log file."""
 
-    def __init__(self, log_path: Path, parameters: dict[str, Any], extra_env: Optional[dict[str, str]] = None):
+    def __init__(self, log_path: Path, parameters: dict[str, Any], extra_env: Optional[dict[str, str]] = None,
+                 ros_args: tuple[str, ...] = ()):
         self.log_path = log_path
         args = [str(PACKAGE_LIB / "perception_node"), "--ros-args", "--params-file", str(PARAMS_FILE)]
         for name, value in parameters.items():
             args += ["-p", f"{name}:={format_parameter(value)}"]
+        args += list(ros_args)  # further ROS arguments, e.g. ("-r", "__ns:=/robot1")
         self._log_file = open(log_path, "w")
         env = {**os.environ, **(extra_env or {})}
         self.process = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
@@ -89,8 +91,9 @@ def start_node(tmp_path):
     """start_node(**parameters) -> NodeProcess, ready to receive; stopped (and checked) after the test."""
     started: list[NodeProcess] = []
 
-    def start(wait_ready: bool = True, extra_env: Optional[dict[str, str]] = None, **parameters) -> NodeProcess:
-        node = NodeProcess(tmp_path / f"node{len(started)}.log", parameters, extra_env)
+    def start(wait_ready: bool = True, extra_env: Optional[dict[str, str]] = None, ros_args: tuple[str, ...] = (),
+              **parameters) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"node{len(started)}.log", parameters, extra_env, ros_args)
         started.append(node)
         if wait_ready:
             node.wait_for_log(READY_LINE)

@@ -4,9 +4,13 @@
   ask "Which object is closest?" --camera front --camera left --timeout 5
   ask "Describe the scene" --stream            (the answer text is printed while it is generated)
   ros2 run g2vlm_ros ask "How far is (320, 240)?" --node /robot/g2vlm
+  ROS_NAMESPACE=robot ros2 run g2vlm_ros ask "How far is (320, 240)?"      (the same node)
 
 Without --stream the service <node>/ask is called; with it the action <node>/ask_stream, whose
 feedback (stage and partial answer) is printed as it arrives; Ctrl-C then cancels the goal.
+The node is --node, a relative name resolving in ROS_NAMESPACE; by default g2vlm in ROS_NAMESPACE
+(/g2vlm when it is unset). When the service or action does not show up, the error names what was
+waited for and lists the Ask services or actions that are visible.
 Exit status: 0 answered, 1 the node refused (or could not answer) the question, 2 the service or
 action did not show up within --wait seconds, 130 interrupted. Plain rclpy, so it needs no ros2cli.
 """
@@ -15,12 +19,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import threading
 from typing import Optional, TextIO
 
 EXIT_ANSWERED, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_NODE = "g2vlm"
+NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # one part of a ROS name
+ASK_SERVICE_TYPE = "g2vlm_interfaces/srv/Ask"
+ASK_ACTION_TYPE = "g2vlm_interfaces/action/Ask"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -32,12 +41,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="answer over this camera (repeatable); default: all cameras of the node")
     parser.add_argument("--timeout", type=float, default=0.0, metavar="S",
                         help="per-question timeout in seconds; 0 (default) uses the node's ask_timeout_s")
-    parser.add_argument("--node", default="/g2vlm", help="the node's fully qualified name (default /g2vlm)")
+    parser.add_argument("--node", default=None,
+                        help="the node's name: fully qualified (/robot/g2vlm), or relative to ROS_NAMESPACE "
+                             "(default: g2vlm in ROS_NAMESPACE, /g2vlm when it is unset)")
     parser.add_argument("--stream", action="store_true",
                         help="use the ask_stream action and print the answer while it is generated")
     parser.add_argument("--wait", type=float, default=10.0, metavar="S",
                         help="seconds to wait for the service/action to appear (default 10)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.node = resolve_node(args.node, os.environ.get("ROS_NAMESPACE", ""))
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def resolve_node(node: Optional[str], namespace: str) -> str:
+    """The node's fully qualified name: `node` when absolute, else `node` (default g2vlm) in `namespace`
+    (ROS_NAMESPACE; rcl itself does not read it, so this tool does, as a shell user expects)."""
+    relative = node is None or not node.startswith("/")
+    name = f"/{namespace.strip('/')}/{node or DEFAULT_NODE}" if relative else node
+    name = "/" + name.strip("/") if name.strip("/") else "/"
+    parts = name.split("/")[1:]
+    if not all(NAME_TOKEN.match(part) for part in parts):
+        source = f" (ROS_NAMESPACE={namespace!r})" if relative and namespace else ""
+        raise ValueError(f"node name {name!r}{source} is not a valid ROS name: parts of letters, digits and _, "
+                         "not starting with a digit, separated by /")
+    return name
 
 
 def format_stamp(stamp) -> str:
@@ -109,10 +139,11 @@ def spin_until_done(executor, future) -> None:
 def ask_service(node, executor, args, request) -> int:
     from g2vlm_interfaces.srv import Ask
 
-    name = f"{args.node.rstrip('/')}/ask"
+    name = f"{args.node}/ask"
     client = node.create_client(Ask, name)
     if not client.wait_for_service(timeout_sec=args.wait):
-        print(f"error: service {name} not available after {args.wait:g} s", file=sys.stderr)
+        visible = [service for service, types in node.get_service_names_and_types() if ASK_SERVICE_TYPE in types]
+        print(not_available("service", name, args, visible), file=sys.stderr)
         return EXIT_UNAVAILABLE
     future = client.call_async(request)
     spin_until_done(executor, future)
@@ -127,10 +158,13 @@ def ask_action(node, executor, args, request) -> int:
 
     from g2vlm_interfaces.action import Ask as AskAction
 
-    name = f"{args.node.rstrip('/')}/ask_stream"
+    name = f"{args.node}/ask_stream"
     client = ActionClient(node, AskAction, name)
     if not client.wait_for_server(timeout_sec=args.wait):
-        print(f"error: action {name} not available after {args.wait:g} s", file=sys.stderr)
+        from rclpy.action import get_action_names_and_types
+
+        visible = [action for action, types in get_action_names_and_types(node) if ASK_ACTION_TYPE in types]
+        print(not_available("action", name, args, visible), file=sys.stderr)
         return EXIT_UNAVAILABLE
     printer = FeedbackPrinter()
     goal = AskAction.Goal(question=request.question, cameras=request.cameras, timeout_s=request.timeout_s)
@@ -160,6 +194,20 @@ def ask_action(node, executor, args, request) -> int:
     if outcome.status == GoalStatus.STATUS_ABORTED and not outcome.result.error:
         outcome.result.error = "the goal was aborted"
     return print_answer(outcome.result)
+
+
+def not_available(kind: str, name: str, args: argparse.Namespace, visible: list[str]) -> str:
+    """The error for a service or action that did not show up: what was waited for, how to aim elsewhere,
+    and the Ask interfaces this process can see (a node in another namespace is the usual cause)."""
+    lines = [f"error: {kind} {name} not available after {args.wait:g} s (node {args.node}; "
+             "choose the node with --node /<namespace>/g2vlm or ROS_NAMESPACE=<namespace>)"]
+    others = sorted(set(visible) - {name})
+    if others:
+        shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+        lines.append(f"  Ask {kind}s seen: {shown}")
+    else:
+        lines.append(f"  no Ask {kind} is visible: is the node running, with the same ROS_DOMAIN_ID?")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
