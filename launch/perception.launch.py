@@ -5,22 +5,32 @@
   ros2 launch g2vlm_ros perception.launch.py cameras:=front,rear scale_source:=rig use_rviz:=true
   ros2 launch g2vlm_ros perception.launch.py scale_source:=tf odom_frame:=odom
   ros2 launch g2vlm_ros perception.launch.py autostart:=false   # then: ros2 lifecycle set /g2vlm configure
-  ros2 launch g2vlm_ros perception.launch.py params_file:=/path/my_robot.yaml namespace:=front use_rviz:=true
+  ros2 launch g2vlm_ros perception.launch.py params_file:=/path/my_robot.yaml namespace:=robot1 use_rviz:=true
+  ros2 launch g2vlm_ros perception.launch.py use_sim_time:=true      # stamps and TF from /clock (bag replay)
 
 Parameters come from `params_file` (default: the package's config/g2vlm.yaml). Each launch argument
 in PARAMETER_OVERRIDES that is given a non-empty value overrides the parameter of the same name in that
-file. Launch arguments are strings; `cameras` and `autostart` are converted here to the parameter's type
-(string list, bool), because the node refuses a parameter of the wrong type. Each camera <name> reads its
-topics from <name>.image_topic etc. in the params file, defaulting to /<name>/image_raw and
-/<name>/camera_info.
+file. Launch arguments are strings; `cameras`, `autostart` and `use_sim_time` are converted here to the
+parameter's type (string list, bool), because the node refuses a parameter of the wrong type. Each camera
+<name> reads its topics from <name>.image_topic etc. in the params file, defaulting to the relative names
+<name>/image_raw and <name>/camera_info: they resolve in the node's namespace, so with namespace:=robot1
+camera front reads /robot1/front/image_raw (an absolute name in the params file reads outside it).
+
+use_rviz:=true starts RViz only when rviz2 is installed; without it the launch logs how to install it
+(apt install ros-$ROS_DISTRO-rviz2) and runs the node alone. rviz2 is not a run dependency: a headless
+robot does not need it.
+
+Stopping: on Ctrl-C the node gets SIGINT and finishes its teardown (a window in flight on a CPU model
+can take seconds); launch escalates to SIGTERM only after sigterm_timeout (default 10 s) and to SIGKILL
+sigkill_timeout (default 5 s) after that, instead of launch's 5 s + 5 s that a loaded machine can exceed.
 
 The node is a managed (lifecycle) node that configures and activates itself when its `autostart`
 parameter is true, so it is started as a plain Node; with autostart:=false it waits in 'unconfigured'.
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -40,6 +50,7 @@ PARAMETER_OVERRIDES = {
     "world_frame": "frame of /g2vlm/points and the camera poses",
     "odom_frame": "odometry frame for scale_source tf; the world frame is then placed in it on TF",
     "autostart": "true: configure and activate the managed node at start; false: wait for lifecycle transitions",
+    "use_sim_time": "true: the node (and RViz) take time from /clock, e.g. when a bag is replayed with --clock",
 }
 
 TRUE_WORDS = ("true", "1", "yes", "on")
@@ -65,7 +76,36 @@ def _string_list(name, text):
 
 
 # a string reaches the node as a string parameter; these parameters have other types
-CONVERSIONS = {"cameras": _string_list, "autostart": _boolean}
+CONVERSIONS = {"cameras": _string_list, "autostart": _boolean, "use_sim_time": _boolean}
+
+# launch's own defaults are 5 s each; the node's Ctrl-C teardown can take longer on a loaded machine
+STOP_TIMEOUTS = {"sigterm_timeout": "10", "sigkill_timeout": "5"}
+
+
+def _seconds(name, text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"launch argument {name}:={text!r} must be a number of seconds > 0")
+    return text.strip()
+
+
+def rviz_plan(use_rviz_text, find_package_prefix, ros_distro=""):
+    """(start RViz?, message to log or None) for the use_rviz argument. find_package_prefix is
+    ament_index_python's get_package_prefix: it raises PackageNotFoundError (a KeyError) when rviz2 is
+    not installed, and then the launch warns and skips RViz instead of failing and leaving the node
+    running without its launch."""
+    if not _boolean("use_rviz", use_rviz_text):
+        return False, None
+    try:
+        find_package_prefix("rviz2")
+    except KeyError:
+        package = f"ros-{ros_distro}-rviz2" if ros_distro else "ros-$ROS_DISTRO-rviz2"
+        return False, (f"WARNING: use_rviz:=true but rviz2 is not installed; starting without RViz "
+                       f"(install it with: sudo apt install {package})")
+    return True, None
 
 
 def parameter_overrides(context):
@@ -82,22 +122,30 @@ def parameter_overrides(context):
 def _nodes(context):
     share = get_package_share_directory(PACKAGE)
     params_file = LaunchConfiguration("params_file").perform(context) or os.path.join(share, "config", "g2vlm.yaml")
+    overrides = parameter_overrides(context)
+    timeouts = {name: _seconds(name, LaunchConfiguration(name).perform(context)) for name in STOP_TIMEOUTS}
     actions = [
         Node(
             package=PACKAGE,
             executable="perception_node",
             name="g2vlm",
             namespace=LaunchConfiguration("namespace"),
-            parameters=[params_file, parameter_overrides(context)],
+            parameters=[params_file, overrides],
             arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
             output="screen",
             emulate_tty=True,
+            **timeouts,
         )
     ]
-    if _boolean("use_rviz", LaunchConfiguration("use_rviz").perform(context)):
+    start_rviz, message = rviz_plan(LaunchConfiguration("use_rviz").perform(context), get_package_prefix,
+                                    os.environ.get("ROS_DISTRO", ""))
+    if message:
+        actions.append(LogInfo(msg=message))
+    if start_rviz:
+        sim_time = [{"use_sim_time": overrides["use_sim_time"]}] if "use_sim_time" in overrides else []
         actions.append(Node(
             package="rviz2", executable="rviz2", name="g2vlm_rviz",
-            arguments=["-d", os.path.join(share, "config", "g2vlm.rviz")], output="log",
+            arguments=["-d", os.path.join(share, "config", "g2vlm.rviz")], parameters=sim_time, output="log",
         ))
     return actions
 
@@ -109,6 +157,10 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("use_rviz", default_value="false", description="also start RViz with config/g2vlm.rviz"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
+        DeclareLaunchArgument("sigterm_timeout", default_value=STOP_TIMEOUTS["sigterm_timeout"],
+                              description="seconds from Ctrl-C (SIGINT) until launch sends the node SIGTERM"),
+        DeclareLaunchArgument("sigkill_timeout", default_value=STOP_TIMEOUTS["sigkill_timeout"],
+                              description="seconds from SIGTERM until launch sends SIGKILL"),
     ]
     arguments += [
         DeclareLaunchArgument(name, default_value="", description=description)
