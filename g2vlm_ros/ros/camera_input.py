@@ -4,9 +4,11 @@ Accepted frames go to the node's WindowAssembler (runtime.windowing), which alig
 and keeps the keyframes."""
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,8 +52,9 @@ class CameraInput:
 
     RATE_WINDOW_S = 5.0
 
-    def __init__(self, config: CameraConfig):
+    def __init__(self, config: CameraConfig, warn: Callable[[str], None] = lambda text: None):
         self.config = config
+        self._warn = warn  # for what is said once, not per frame
         self.camera_info: Optional[CameraInfo] = None
         self.received = 0
         self.rejected = 0
@@ -60,6 +63,8 @@ class CameraInput:
         self.last_error_time: Optional[float] = None  # monotonic
         self.last_stamp_ns: Optional[int] = None  # of the newest accepted frame
         self._arrivals: deque[float] = deque()
+        self._last_arrival: Optional[float] = None
+        self._info_notes: set[tuple[int, int, int, int]] = set()  # (info w, h, image w, h) already said
         self._lock = threading.Lock()
 
     def accept(self, msg: Image | CompressedImage, with_thumbnail: bool = False) -> Frame:
@@ -70,6 +75,7 @@ class CameraInput:
             self._arrivals.append(now)
             while self._arrivals and now - self._arrivals[0] > self.RATE_WINDOW_S:
                 self._arrivals.popleft()
+            self._last_arrival = now
         try:
             frame_id = self.config.frame_id or msg.header.frame_id
             if not frame_id:
@@ -88,8 +94,42 @@ class CameraInput:
             self.last_stamp_ns = stamp
             self.clock_resets += int(clock_reset)
         header = Header(stamp=msg.header.stamp, frame_id=frame_id)
-        return Frame(self.config.name, header, rgb, self.camera_info, stamp,
+        return Frame(self.config.name, header, rgb, self._camera_info_for(rgb.shape[1], rgb.shape[0]), stamp,
                      thumbnail(rgb) if with_thumbnail else None, clock_reset)
+
+    def _camera_info_for(self, width: int, height: int) -> Optional[CameraInfo]:
+        """The latest CameraInfo made to describe a width x height image, or None (the model's intrinsics).
+
+        A driver that changes resolution or bins pixels may publish images of another size than its info: with
+        the same aspect ratio the intrinsics are rescaled (said once per size pair); otherwise they describe
+        another image and are not used. Either way no info that contradicts the image is ever republished."""
+        info = self.camera_info
+        if info is None or (info.width == width and info.height == height):
+            return info
+        note = (int(info.width), int(info.height), width, height)
+        if info.width == 0 or info.height == 0:
+            problem = (f"camera_info has no image size ({info.width}x{info.height}); it cannot be matched to the "
+                       f"{width}x{height} images, so the model's intrinsics are used")
+            self._note_info_once(note, problem)
+            return None
+        rescaled = rescaled_camera_info(info, width, height)
+        if rescaled is None:
+            self._note_info_once(note, f"camera_info is {info.width}x{info.height} but the images are "
+                                       f"{width}x{height} (another aspect ratio): it is ignored and the model's "
+                                       "intrinsics are used")
+            return None
+        self._note_info_once(note, f"camera_info is {info.width}x{info.height} but the images are {width}x{height} "
+                                   "(same aspect ratio): its intrinsics are rescaled to the images", error=False)
+        return rescaled
+
+    def _note_info_once(self, key: tuple[int, int, int, int], reason: str, error: bool = True) -> None:
+        with self._lock:
+            if key in self._info_notes:
+                return
+            self._info_notes.add(key)
+        self._warn(f"camera '{self.config.name}': {reason}")
+        if error:
+            self.note_error(reason, frame=False)
 
     def _check_stamp(self, stamp: int) -> tuple[int, bool]:
         """(stamp, whether the camera's clock restarted) or ImageConversionError for an unusable stamp."""
@@ -119,19 +159,60 @@ class CameraInput:
 
     def set_camera_info(self, msg: CameraInfo) -> Optional[str]:
         """Stores `msg`, or returns why it is unusable (then the model's intrinsics are used)."""
-        k = np.asarray(msg.k, dtype=np.float64)
-        if not (np.all(np.isfinite(k)) and k[0] > 0 and k[4] > 0):
+        problem = camera_info_problem(msg)
+        if problem:
             fallback = "the model's intrinsics" if self.camera_info is None else "the last valid camera_info"
-            reason = f"camera_info has an invalid focal length (fx={k[0]}, fy={k[4]}); using {fallback}"
+            reason = f"{problem}; using {fallback}"
             self.note_error(reason, frame=False)
             return reason
         with self._lock:
             self.camera_info = msg
         return None
 
+
     def rate_hz(self) -> float:
+        """Images per second over the last RATE_WINDOW_S, measured up to now: a camera that stops decays to 0."""
+        now = time.monotonic()
         with self._lock:
-            arrivals = list(self._arrivals)
-        if len(arrivals) < 2 or arrivals[-1] == arrivals[0]:
+            arrivals = [arrival for arrival in self._arrivals if now - arrival <= self.RATE_WINDOW_S]
+        if len(arrivals) < 2:
             return 0.0
-        return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+        # over the span the arrivals cover, stretched to now: a gap since the last image lowers the rate at once
+        return (len(arrivals) - 1) / max(now - arrivals[0], arrivals[-1] - arrivals[0], 1e-9)
+
+    def age_s(self) -> Optional[float]:
+        """Seconds since the last image arrived (accepted or not); None before the first."""
+        with self._lock:
+            last = self._arrivals[-1] if self._arrivals else self._last_arrival
+        return None if last is None else time.monotonic() - last
+
+
+def camera_info_problem(msg: CameraInfo) -> str:
+    """Why a CameraInfo cannot describe a camera, or ''."""
+    k = np.asarray(msg.k, dtype=np.float64)
+    if not (np.all(np.isfinite(k)) and k[0] > 0 and k[4] > 0):
+        return f"camera_info has an invalid focal length (fx={k[0]}, fy={k[4]})"
+    for name in ("p", "d", "r"):
+        values = np.asarray(getattr(msg, name), dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            return f"camera_info field {name.upper()} has non-finite values"
+    return ""
+
+
+ASPECT_TOLERANCE = 0.01  # relative; binning and ROI-free resolution modes keep the aspect ratio exactly
+
+
+def rescaled_camera_info(info: CameraInfo, width: int, height: int) -> Optional[CameraInfo]:
+    """`info` for the same camera at width x height (K and P scaled per axis), or None for another aspect ratio."""
+    sx, sy = width / info.width, height / info.height
+    if abs(sx - sy) > ASPECT_TOLERANCE * max(sx, sy):
+        return None
+    rescaled = copy.deepcopy(info)
+    rescaled.width, rescaled.height = width, height
+    axis_scale = np.array([[sx], [sy], [1.0]])
+    rescaled.k = (np.asarray(info.k, dtype=np.float64).reshape(3, 3) * axis_scale).reshape(-1).tolist()
+    # P's rows scale whole: its Tx/Ty column is in pixels (focal length times baseline) too
+    rescaled.p = (np.asarray(info.p, dtype=np.float64).reshape(3, 4) * axis_scale).reshape(-1).tolist()
+    rescaled.binning_x = rescaled.binning_y = 0
+    rescaled.roi = type(info.roi)()
+    return rescaled

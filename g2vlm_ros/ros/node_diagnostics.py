@@ -5,6 +5,7 @@ Kept apart from the node so that what an operator sees in rqt_runtime_monitor is
 from __future__ import annotations
 
 from g2vlm_ros.ros.diagnostics import ERROR, WARN, StatusBuilder, gpu_memory
+from g2vlm_ros.runtime.stream_health import camera_stalled, inference_stale, sync_failure
 
 
 def node_statuses(node) -> list[StatusBuilder]:
@@ -78,9 +79,38 @@ def _inference(node, name: str, hardware_id: str) -> StatusBuilder:
     inference.add("tf_output", node.tf_output.mode)
     if node.tf_input is not None:
         inference.add("tf_input", node.tf_input.mode)
+    guard = node.callback_guard
+    inference.add("callback_errors", guard.total)
+    if guard.last_error:
+        inference.add("last_callback_error", guard.last_error)
+    if node.sim_clock.problem:
+        inference.set(WARN, node.sim_clock.problem)
     if node.state_label != "active":
         inference.set(WARN, f"node is {node.state_label}: no camera input is processed")
+        return inference
+    _stream_problems(node, inference)
     return inference
+
+
+def _stream_problems(node, inference: StatusBuilder) -> None:
+    """Stale inference and unsynchronized cameras: conditions of time passing without an event."""
+    activity, config = node.activity, node.config
+    ages = {camera: state.age_s() for camera, state in node.inputs.items()}
+    skew = sync_failure({camera: state.last_stamp_ns for camera, state in node.inputs.items()}, ages,
+                        activity.since(activity.last_set_at), config.sync_slop_s, config.camera_timeout_s)
+    since_window = activity.since(activity.last_window_at)
+    if since_window is not None:
+        inference.add("seconds_since_last_window", round(since_window, 2))
+    if skew:
+        inference.add("sync_problem", skew)
+    stalled = [camera for camera, age in ages.items() if age is None or age > config.camera_timeout_s]
+    cause = (skew or (f"no images from camera(s) {', '.join(stalled)}" if stalled else "")
+             or "the model has not finished a window (see latency and last_error)")
+    stale = inference_stale(since_window, config.inference_timeout_s, cause)
+    if stale and inference.level < WARN:
+        inference.set(WARN, stale)
+    elif skew and inference.level < WARN:
+        inference.set(WARN, skew)
 
 
 def _scale(node, name: str, hardware_id: str) -> StatusBuilder:
@@ -120,10 +150,15 @@ def _cameras(node, name: str, hardware_id: str) -> list[StatusBuilder]:
         camera.add("camera_info", "received" if state.camera_info else "none (model intrinsics)")
         if state.last_error:
             camera.add("last_error", state.last_error)
+        age = state.age_s()
+        camera.add("seconds_since_last_image", "never" if age is None else round(age, 2))
         recent_error = state.recent_error()
+        stalled = camera_stalled(age, node.config.camera_timeout_s) if node.state_label == "active" else None
         if recent_error:
             camera.set(WARN, recent_error)
         elif state.received == 0 and node.state_label == "active":
             camera.set(WARN, "no images received")
+        elif stalled:
+            camera.set(WARN, stalled)
         statuses.append(camera)
     return statuses

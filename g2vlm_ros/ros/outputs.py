@@ -10,7 +10,7 @@ Per camera (under the node's namespace, e.g. /g2vlm/<camera>/...), for its newes
 world_frame is the window's first view's optical frame (geometry.window_frame).
 Per window: points (PointCloud2 of every view in world_frame), poses (PoseArray of every view),
 path (nav_msgs/Path of the first camera's frames in time order) and /tf: world_frame ->
-<camera>_optical for each camera's newest frame, plus odom_frame -> world_frame with TF scale.
+<frame_prefix><camera>_optical for each camera's newest frame, plus odom_frame -> world_frame with TF scale.
 Per-camera messages carry the source image's stamp and optical frame; window messages the newest stamp.
 When a metric scale source has no scale for a window, only depth_relative and camera_info go out:
 points, poses and TF are withheld rather than published in unknown units.
@@ -48,12 +48,28 @@ class OutputSettings:
     withhold_geometry: bool = False  # a metric source without a scale for this window
     odom_frame: str = ""
     odom_from_world: Optional[np.ndarray] = None  # 4x4, with scale_source tf
+    frame_prefix: str = "g2vlm/"
 
 
-def optical_frame(camera: str) -> str:
-    """TF child frame of a camera's predicted pose: named after the camera, not the driver's frame,
-    so that it never gives a frame of the robot's own TF tree a second parent."""
-    return f"{camera}_optical"
+def output_settings(config, scale, odom_from_world: Optional[np.ndarray]) -> OutputSettings:
+    """A window's output settings from the node's configuration and the window's scale estimate."""
+    return OutputSettings(
+        world_frame=config.world_frame,
+        metres_per_unit=scale.metres_per_unit,
+        cloud_stride=config.cloud_stride,
+        confidence_threshold=config.confidence_threshold,
+        voxel_size=config.voxel_size,
+        withhold_geometry=scale.metric_expected and not scale.valid,
+        odom_frame=config.odom_frame,
+        odom_from_world=odom_from_world,
+        frame_prefix=config.frame_prefix,
+    )
+
+
+def optical_frame(camera: str, prefix: str) -> str:
+    """TF child frame of a camera's predicted pose: the node's prefix and the camera's name, never the driver's
+    frame (which drivers already call <camera>_optical), so that it never gives a robot frame a second parent."""
+    return f"{prefix}{camera}_optical"
 
 
 class CameraPublishers:
@@ -115,7 +131,7 @@ class GeometryPublisher:
         world_header = Header(stamp=newest_stamp, frame_id=settings.world_frame)
         transforms = [
             transform_from_matrix(poses[index], Header(stamp=frames[index].header.stamp, frame_id=settings.world_frame),
-                                  optical_frame(frames[index].camera))
+                                  optical_frame(frames[index].camera, settings.frame_prefix))
             for index in newest.values()
         ]
         if settings.odom_from_world is not None:

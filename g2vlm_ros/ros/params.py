@@ -17,6 +17,7 @@ from rclpy.parameter import Parameter
 
 from g2vlm_ros.runtime.inference_health import OUT_OF_MEMORY_POLICIES
 from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
+from g2vlm_ros.runtime.windowing import WindowPolicy
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 OUTPUT_QOS_CHOICES = ("reliable", "best_effort")
@@ -141,16 +142,27 @@ PARAMETERS = (
               "retries with fewer keyframes and keeps that limit; skip_window drops the window.",
               read_only=False, choices=OUT_OF_MEMORY_POLICIES),
     ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", float_range=(0.05, 60.0)),
+    ParamSpec("camera_timeout_s", 2.0, "Diagnostics: a camera with no image for this long is reported as stalled "
+              "(WARN), and cameras that form no synchronized set for this long as skewed.", read_only=False,
+              float_range=(0.1, 3600.0)),
+    ParamSpec("inference_timeout_s", 15.0, "Diagnostics: while active, no window completing inference for this "
+              "long is reported as stale (WARN). Allow for the model's latency on slow devices.", read_only=False,
+              float_range=(0.1, 3600.0)),
+    ParamSpec("frame_prefix", "g2vlm/", "Prefix of the node's own TF frames for the predicted camera poses "
+              "(<frame_prefix><camera>_optical), so that they never take the name of a frame of the robot's TF "
+              "tree; configure fails if one of them is already in the tree."),
 )
 SPECS = {spec.name: spec for spec in PARAMETERS}
 
 
 def camera_specs(camera: str) -> tuple[ParamSpec, ...]:
     return (
-        ParamSpec(f"{camera}.image_topic", f"/{camera}/image_raw", f"Image topic of camera '{camera}' "
-                  "(rgb8, bgr8, rgba8, bgra8, mono8, mono16); with transport=compressed, the CompressedImage topic."),
-        ParamSpec(f"{camera}.camera_info_topic", f"/{camera}/camera_info", f"CameraInfo topic of camera "
-                  f"'{camera}'; empty: estimate intrinsics from the model."),
+        ParamSpec(f"{camera}.image_topic", f"{camera}/image_raw", f"Image topic of camera '{camera}' "
+                  "(rgb8, bgr8, rgba8, bgra8, mono8, mono16); with transport=compressed, the CompressedImage topic. "
+                  "Relative names resolve in the node's namespace."),
+        ParamSpec(f"{camera}.camera_info_topic", f"{camera}/camera_info", f"CameraInfo topic of camera "
+                  f"'{camera}'; empty: estimate intrinsics from the model. Relative names resolve in the node's "
+                  "namespace."),
         ParamSpec(f"{camera}.transport", "raw", f"Input transport of camera '{camera}'.", choices=TRANSPORTS),
         ParamSpec(f"{camera}.frame_id", "", f"Optical frame of camera '{camera}'; empty: the image header's."),
     )
@@ -175,6 +187,17 @@ class NodeConfig:
             return self.__dict__["values"][name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+def window_policy(config: NodeConfig) -> WindowPolicy:
+    """The window assembler's policy from the node's parameters (at configure and after runtime changes)."""
+    return WindowPolicy(
+        window_size=config.window_size, sync_slop_s=config.sync_slop_s,
+        keyframe_min_interval_s=config.keyframe_min_interval_s,
+        keyframe_min_motion_m=config.keyframe_min_motion_m,
+        keyframe_min_rotation_deg=config.keyframe_min_rotation_deg,
+        keyframe_min_image_change=config.keyframe_min_image_change,
+    )
 
 
 def _declare(node: Node, spec: ParamSpec) -> Any:
@@ -240,6 +263,12 @@ def make_set_parameters_callback(config: NodeConfig, on_change: Callable[[], Non
                 spec.check(parameter.value)
             except ConfigError as error:
                 return SetParametersResult(successful=False, reason=str(error))
+        # the rules that involve several parameters hold at runtime exactly as at start-up
+        values = {**config.values, **{p.name: p.value for p in parameters if p.name in SPECS}}
+        try:
+            check_combination(values, [camera.name for camera in config.cameras])
+        except ConfigError as error:
+            return SetParametersResult(successful=False, reason=str(error))
         for parameter in parameters:
             if parameter.name in SPECS:
                 config.values[parameter.name] = parameter.value

@@ -15,65 +15,58 @@ cannot delay message handling, lifecycle transitions or the /g2vlm/ask service.
 from __future__ import annotations
 
 import gc
-import math
-import re
+import os
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header
 
 from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
-from g2vlm_ros.geometry.rotations import rotation_angle_deg
-from g2vlm_ros.geometry.tf_buffer import TransformUnavailable
 from g2vlm_ros.reasoning.generative import GenerativeAnswerer
 from g2vlm_ros.reasoning.geometric import GeometricAnswerer
 from g2vlm_ros.ros.ask_action import AskActionServer
-from g2vlm_ros.ros.ask_handler import AskHandler
+from g2vlm_ros.ros.ask_handler import AskHandler, internal_error_response
 from g2vlm_ros.ros.camera_input import CameraInput, Frame
 from g2vlm_ros.ros.conversions import ImageConversionError
 from g2vlm_ros.ros.diagnostics import diagnostic_array
 from g2vlm_ros.ros.node_diagnostics import node_statuses
-from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings
-from g2vlm_ros.ros.params import ConfigError, NodeConfig, declare_and_read, make_set_parameters_callback
-from g2vlm_ros.ros.scale_input import ScaleInput
-from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
+from g2vlm_ros.ros.outputs import GeometryPublisher, optical_frame, output_settings
+from g2vlm_ros.ros.params import ConfigError, NodeConfig, declare_and_read, make_set_parameters_callback, window_policy
+from g2vlm_ros.ros.scale_input import ScaleInput, scale_message
+from g2vlm_ros.ros.sim_clock import SimClockWatch
+from g2vlm_ros.ros.spin import CallbackGuard, EntityGate, LogThrottle, spin_and_tear_down
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
 from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
 from g2vlm_ros.runtime.inference_health import InferenceHealth, release_cached_memory, run_window
 from g2vlm_ros.runtime.rate_limiter import RateLimiter
-from g2vlm_ros.runtime.registry import BackendRequest, create_backend
+from g2vlm_ros.runtime.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend
 from g2vlm_ros.runtime.scale_tracker import ScaleEstimate
-from g2vlm_ros.runtime.windowing import Window, WindowAssembler, WindowPolicy
+from g2vlm_ros.runtime.stream_health import Activity
+from g2vlm_ros.runtime.windowing import Window, WindowAssembler
 from g2vlm_ros.runtime.worker import LatestOnlyWorker
 
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0
-MAX_THROTTLE_KEYS = 256
 ASK_QUEUE_DEPTH = 256
+TF_TREE_WAIT_S = 0.5  # at configure, time for latched /tf_static and current /tf to arrive before the frame check
 # Python's default 5 ms GIL hand-over lets a burst of question threads delay every GIL re-acquisition
 # of the camera and inference threads by several ms; a shorter interval keeps perception at its rate
 GIL_SWITCH_INTERVAL_S = 0.0005
 INFERENCE_STOP_TIMEOUT_S = 120.0  # cleanup waits this long for a window in flight (large models on CPUs)
+EXIT_WAIT_S = 1.0  # process exit waits this long for it: Ctrl-C under launch must end well before SIGTERM
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-DEMO_MODEL_WARNING = (
-    "\n" + "=" * 78 + "\n"
-    "NO checkpoint_path SET: running the EMBEDDED DEMO MODEL, not the released G2VLM-2B.\n"
-    "It is an 11.7 M-parameter G2VLM trained only on synthetic rooms (docs/demo_model.md): fine for\n"
-    "trying the package, coarse on real scenes. For real use set checkpoint_path to the\n"
-    "InternRobotics/G2VLM-2B-MoT folder.\n" + "=" * 78)
 
 
 @dataclass
@@ -94,13 +87,17 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().fatal(f"invalid configuration: {error}")
             raise
         self.camera_names = [camera.name for camera in self.config.cameras]
+        # contains exceptions of this node's callbacks; serializes entity changes with the spinning thread
+        self.callback_guard = CallbackGuard(self.get_logger())
+        self.entity_gate = EntityGate()
         self.state_label = "unconfigured"
         self.backend: Optional[GeometryBackend] = None
         self.backend_error = "not configured yet"
         self.uses_demo_model = False  # set at configure: no checkpoint_path, the embedded demo model runs
+        self.window_abandoned = False  # teardown at exit left a window in the model
         self.windows_rate_limited = 0
         self._active = False
-        self._last_log: dict[tuple[str, str], float] = {}
+        self._input_log = LogThrottle()
         self._snapshot: Optional[Snapshot] = None
         self._snapshot_lock = threading.Lock()
         self._window_lock = threading.Lock()
@@ -108,7 +105,8 @@ class PerceptionNode(LifecycleNode):
         self._rate_limiter = RateLimiter(self.config.max_rate_hz)
         self._camera_subscriptions: list = []
         self._inputs_group = MutuallyExclusiveCallbackGroup()
-        self.inputs = {camera.name: CameraInput(camera) for camera in self.config.cameras}
+        self.inputs = {camera.name: CameraInput(camera, self.get_logger().warning) for camera in self.config.cameras}
+        self.activity = Activity()  # when cameras, synchronization and inference last showed life
         # created by configure, released by cleanup
         self.worker: Optional[LatestOnlyWorker[Window[Frame]]] = None
         self.health = InferenceHealth(self.config.out_of_memory_policy)  # fresh (limits forgotten) at configure
@@ -130,12 +128,22 @@ class PerceptionNode(LifecycleNode):
         ask_group = ReentrantCallbackGroup()
         # a deep request queue: a burst of questions must reach the node and get an answer or a "busy"
         # reply; with the default depth of 10 DDS silently drops the excess and clients wait forever
-        self.create_service(Ask, "~/ask", self._on_ask, qos_profile=QoSProfile(depth=ASK_QUEUE_DEPTH,
-                            reliability=ReliabilityPolicy.RELIABLE), callback_group=ask_group)
-        self.ask_action = AskActionServer(self, self.ask_handler.handle, callback_group=ask_group)
+        guard = self.callback_guard
+        answer = guard.wrap("ask service", lambda request, _: self.ask_handler.handle(request), internal_error_response)
+        self.create_service(Ask, "~/ask", answer,
+                            qos_profile=QoSProfile(depth=ASK_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE),
+                            callback_group=ask_group)
+        self.ask_action = AskActionServer(self, self.ask_handler.handle, callback_group=ask_group,
+                                          queue_depth=ASK_QUEUE_DEPTH)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(make_set_parameters_callback(self.config, self._on_parameters_changed))
+        # steady clocks: with use_sim_time and no /clock, ROS-time timers would never fire
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(self.config.diagnostics_period_s, guard.wrap("diagnostics timer", self._publish_diagnostics),
+                          clock=steady)
+        self.sim_clock = SimClockWatch(self)
+        self.create_timer(1.0, guard.wrap("sim clock check", self.sim_clock.check), clock=steady)
+        self.add_on_set_parameters_callback(make_set_parameters_callback(
+            self.config, guard.wrap("parameter change", self._on_parameters_changed)))
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -163,39 +171,73 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().warning(
                     f"backend '{backend.name}' is a geometry-free TEST PLACEHOLDER, not G2VLM: its depth, poses "
                     "and points are synthetic and must not be used by a robot")
-            needs_tf = config.scale_source in ("tf", "rig") or bool(config.odom_frame)
-            if needs_tf:
-                self.tf_input = TfInput(self, callback_group=self._inputs_group)
-                if not self.tf_input.available:
-                    reason = f"scale_source '{config.scale_source}' / odom_frame need TF input: {self.tf_input.mode}"
-                    self._release()
-                    self.backend_error = reason
-                    self.get_logger().error(f"configure failed: {reason}")
-                    return FAILURE
-            self.geometry_publisher = GeometryPublisher(self, self.camera_names, config.scale_source != "none",
-                                                        self.output_qos, self.tf_output)
-            self.scale_input = ScaleInput(self, config, self.camera_names, self.tf_input, self.input_qos,
-                                          callback_group=self._inputs_group)
-            self.scale_publisher = self.create_publisher(MetricScale, "~/scale", self.output_qos)
-            self.assembler = WindowAssembler(self.camera_names, self._window_policy(),
+            problem = self._create_outputs_and_inputs()
+            if problem:
+                self._release()
+                self.backend_error = problem
+                self.get_logger().error(f"configure failed: {problem}")
+                return FAILURE
+            self.assembler = WindowAssembler(self.camera_names, window_policy(self.config),
                                              motion=self._first_camera_motion if config.odom_frame else None)
             self.health = InferenceHealth(config.out_of_memory_policy)
             self.worker = LatestOnlyWorker(self._infer, self._on_inference_error)
             self.state_label = "inactive"
             return SUCCESS
 
+    def _create_outputs_and_inputs(self) -> str:
+        """Creates TF input, publishers and the scale input; returns why configure must fail, or ''."""
+        config = self.config
+        with self.entity_gate.changing_entities():
+            # TF is read for metric scale and motion keyframes, and whenever TF is written: to check that no frame
+            # the node writes already belongs to someone else's tree
+            if config.scale_source in ("tf", "rig") or config.odom_frame or self.tf_output.active:
+                self.tf_input = TfInput(self, callback_group=self._inputs_group)
+        needs_tf = config.scale_source in ("tf", "rig") or bool(config.odom_frame)
+        if needs_tf and not self.tf_input.available:
+            return f"scale_source '{config.scale_source}' / odom_frame need TF input: {self.tf_input.mode}"
+        taken = self._output_frames_taken()  # outside the gate: TF arrives through the spinning thread meanwhile
+        if taken:
+            return taken
+        with self.entity_gate.changing_entities():
+            self.geometry_publisher = GeometryPublisher(self, self.camera_names, config.scale_source != "none",
+                                                        self.output_qos, self.tf_output)
+            self.scale_input = ScaleInput(self, config, self.camera_names, self.tf_input, self.input_qos,
+                                          callback_group=self._inputs_group)
+            self.scale_publisher = self.create_publisher(MetricScale, "~/scale", self.output_qos)
+        return ""
+
+    def _output_frames_taken(self) -> str:
+        """Why the node's TF output would re-parent a frame already in the TF tree, or ''."""
+        tf_input = self.tf_input
+        if not self.tf_output.active or tf_input is None or not tf_input.available:
+            return ""
+        config = self.config
+        # the frames the node publishes as children; world_frame is one only when placed in odom_frame (scale tf)
+        ours = [optical_frame(camera, config.frame_prefix) for camera in self.camera_names]
+        ours += [config.world_frame] if config.scale_source == "tf" else []
+        clashes = tf_input.existing_frames(ours, wait_s=TF_TREE_WAIT_S)
+        if not clashes:
+            return ""
+        return (f"TF frame(s) {', '.join(repr(frame) for frame in clashes)} already exist in the TF tree and this "
+                "node would give them a second parent: set frame_prefix / world_frame to names no other node uses")
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        with self._transition_lock:
+        with self._transition_lock, self.entity_gate.changing_entities():
+            guard = self.callback_guard
             for camera in self.config.cameras:
                 camera_input = self.inputs[camera.name]
                 message_type = CompressedImage if camera.transport == "compressed" else Image
                 self._camera_subscriptions.append(self.create_subscription(
-                    message_type, camera.image_topic, lambda msg, c=camera_input: self._on_image(c, msg),
+                    message_type, camera.image_topic,
+                    guard.wrap(f"camera '{camera.name}' image", lambda msg, c=camera_input: self._on_image(c, msg)),
                     self.input_qos, callback_group=self._inputs_group))
                 if camera.camera_info_topic:
                     self._camera_subscriptions.append(self.create_subscription(
-                        CameraInfo, camera.camera_info_topic, lambda msg, c=camera_input: self._on_camera_info(c, msg),
+                        CameraInfo, camera.camera_info_topic,
+                        guard.wrap(f"camera '{camera.name}' camera_info",
+                                   lambda msg, c=camera_input: self._on_camera_info(c, msg)),
                         self.input_qos, callback_group=self._inputs_group))
+            self.activity.activated()
             self._active = True
             self.state_label = "active"
             self.get_logger().info("activated: listening to " + ", ".join(c.image_topic for c in self.config.cameras))
@@ -204,6 +246,7 @@ class PerceptionNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock:
             self._active = False
+            self.activity.deactivated()
             self._unsubscribe()
             with self._window_lock:
                 if self.assembler is not None:
@@ -226,6 +269,7 @@ class PerceptionNode(LifecycleNode):
         with self._transition_lock:
             self._unsubscribe()
             self._release()
+            self.backend_error = "the node is shut down (finalized): start a new node process to run again"
             self.state_label = "finalized"
             return SUCCESS
 
@@ -234,34 +278,40 @@ class PerceptionNode(LifecycleNode):
         return self.on_shutdown(state)
 
     def _unsubscribe(self) -> None:
-        for subscription in self._camera_subscriptions:
-            self.destroy_subscription(subscription)
-        self._camera_subscriptions.clear()
+        with self.entity_gate.changing_entities():
+            for subscription in self._camera_subscriptions:
+                self.destroy_subscription(subscription)
+            self._camera_subscriptions.clear()
 
-    def _release(self) -> None:
-        """Stops inference and frees the model; safe to call in any state, twice."""
+    def _release(self, exiting: bool = False) -> None:
+        """Stops inference and frees the model; safe to call in any state, twice. `exiting`: the process ends,
+        so a window in flight is not waited for and memory is not handed back (the process exit does both)."""
         self._active = False
+        self.activity.deactivated()
         if self.worker is not None:
-            self.worker.stop(INFERENCE_STOP_TIMEOUT_S)
+            # at exit a long window is abandoned: main() then ends the process without finalizing the interpreter
+            self.window_abandoned = not self.worker.stop(EXIT_WAIT_S if exiting else INFERENCE_STOP_TIMEOUT_S)
             self.worker = None
-        if self.backend is not None:
+        if self.backend is not None and not exiting:  # at exit a window in flight may still use it
             self.backend.close()
-            self.backend = None
-        for owner in (self.geometry_publisher, self.scale_input):
-            if owner is not None:
-                owner.destroy()
-        self.geometry_publisher = self.scale_input = None
-        if self.scale_publisher is not None:
-            self.destroy_publisher(self.scale_publisher)
-            self.scale_publisher = None
-        if self.tf_input is not None:
-            self.tf_input.destroy()
-            self.tf_input = None
+        self.backend = None
+        with self.entity_gate.changing_entities():
+            for owner in (self.geometry_publisher, self.scale_input):
+                if owner is not None:
+                    owner.destroy()
+            self.geometry_publisher = self.scale_input = None
+            if self.scale_publisher is not None:
+                self.destroy_publisher(self.scale_publisher)
+                self.scale_publisher = None
+            if self.tf_input is not None:
+                self.tf_input.destroy()
+                self.tf_input = None
         self.assembler = None
         with self._snapshot_lock:
             self._snapshot = None
-        gc.collect()  # the model may sit in reference cycles; free it before emptying the cache
-        release_cached_memory()  # so that other processes see the memory free
+        if not exiting:
+            gc.collect()  # the model may sit in reference cycles; free it before emptying the cache
+            release_cached_memory()  # so that other processes see the memory free
 
     def _answerer_for(self, backend: GeometryBackend):
         """The semantic expert answers when the backend holds a model with a tokenizer; else the geometric one."""
@@ -283,46 +333,26 @@ class PerceptionNode(LifecycleNode):
 
     def _on_parameters_changed(self) -> None:
         self._rate_limiter.set_rate(self.config.max_rate_hz)
+        scale_input = self.scale_input
+        if scale_input is not None:
+            scale_input.tracker.fixed_scale = self.config.fixed_scale
+            scale_input.tracker.max_age_s = self.config.scale_max_age_s
         self.health.policy = self.config.out_of_memory_policy
         answerer = self.ask_handler.answerer
         if isinstance(answerer, GenerativeAnswerer):
             answerer.max_new_tokens = self.config.max_answer_tokens
         with self._window_lock:
             if self.assembler is not None:
-                self.assembler.policy = self._window_policy()
+                self.assembler.policy = window_policy(self.config)
 
-    def _window_policy(self) -> WindowPolicy:
-        config = self.config
-        return WindowPolicy(
-            window_size=config.window_size, sync_slop_s=config.sync_slop_s,
-            keyframe_min_interval_s=config.keyframe_min_interval_s,
-            keyframe_min_motion_m=config.keyframe_min_motion_m,
-            keyframe_min_rotation_deg=config.keyframe_min_rotation_deg,
-            keyframe_min_image_change=config.keyframe_min_image_change,
-        )
 
     def _first_camera_motion(self, previous: list[Frame], candidate: list[Frame]) -> Optional[tuple[float, float]]:
-        """(metres, degrees) the first camera moved between two keyframe sets, from TF in odom_frame."""
-        if self.tf_input is None:
-            return None
-        try:
-            before, after = (self.tf_input.lookup(self.config.odom_frame, frames[0].header.frame_id, frames[0].stamp_ns)
-                             for frames in (previous, candidate))
-        except TransformUnavailable:
-            return None
-        relative = np.linalg.inv(before) @ after
-        return float(np.linalg.norm(relative[:3, 3])), rotation_angle_deg(relative[:3, :3])
+        tf_input = self.tf_input
+        return None if tf_input is None else tf_input.motion(self.config.odom_frame, previous[0], candidate[0])
 
     # ---------------------------------------------------------------- input
     def _log_bad_input(self, camera: str, reason: str) -> None:
-        """Logs at most once per LOG_THROTTLE_S per camera and kind of reason (its text without numbers, so
-        a stream of out-of-order stamps or odd sizes is one kind)."""
-        now = time.monotonic()
-        key = (camera, re.sub(r"0x[0-9a-fA-F]+|[-+]?\d[\d.e+-]*", "#", reason))
-        if now - self._last_log.get(key, -LOG_THROTTLE_S) >= LOG_THROTTLE_S:
-            if len(self._last_log) >= MAX_THROTTLE_KEYS:  # reasons carry sizes: bound the table
-                self._last_log.clear()
-            self._last_log[key] = now
+        if self._input_log.admit(camera, reason):
             self.get_logger().error(f"camera '{camera}': dropped frame: {reason}")
 
     def _on_camera_info(self, state: CameraInput, msg: CameraInfo) -> None:
@@ -346,8 +376,11 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().warning(
                     f"camera '{state.config.name}': stamps jumped back to {frame.stamp_ns / 1e9:.3f} s (a restarted "
                     "clock: looping bag, driver restart, simulator reset); windows and keyframes start over")
+            sets_before = self.assembler.stats.sets_matched
             self.assembler.add(frame)
             window = self.assembler.poll()
+            if self.assembler.stats.sets_matched != sets_before:
+                self.activity.set_matched()
             if window is None:
                 return
             if not self._rate_limiter.admit(time.monotonic()):
@@ -373,9 +406,14 @@ class PerceptionNode(LifecycleNode):
         scale = scale_input.measure(window.frames, result)
         with self._snapshot_lock:  # before publishing: a client that saw the outputs can ask about them at once
             self._snapshot = Snapshot(window, result, scale)
-        publisher.publish(window.frames, result, self._output_settings(window, result, scale))
-        self._publish_scale(window, scale)
+        publisher.publish(window.frames, result, output_settings(
+            self.config, scale, scale_input.odom_from_world(window.frames, result, scale.metres_per_unit)
+            if scale.valid and self.config.scale_source == "tf" else None))
+        scale_publisher = self.scale_publisher
+        if scale_publisher is not None:
+            scale_publisher.publish(scale_message(window.frames, scale, self.config.world_frame))
         health.record_success()
+        self.activity.window_completed()
 
     def _on_out_of_memory(self, window: Window[Frame], smaller: Window[Frame], reason: str) -> None:
         self.get_logger().warning(
@@ -389,32 +427,6 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().error(f"inference failed on a window of {len(window.frames)} frames: "
                                 f"{type(error).__name__}: {error}", throttle_duration_sec=LOG_THROTTLE_S)
 
-    def _output_settings(self, window: Window[Frame], result: GeometryResult, scale: ScaleEstimate) -> OutputSettings:
-        config = self.config
-        odom_from_world = None
-        if scale.valid and config.scale_source == "tf" and self.scale_input is not None:
-            odom_from_world = self.scale_input.odom_from_world(window.frames, result, scale.metres_per_unit)
-        return OutputSettings(
-            world_frame=config.world_frame,
-            metres_per_unit=scale.metres_per_unit,
-            cloud_stride=config.cloud_stride,
-            confidence_threshold=config.confidence_threshold,
-            voxel_size=config.voxel_size,
-            withhold_geometry=scale.metric_expected and not scale.valid,
-            odom_frame=config.odom_frame,
-            odom_from_world=odom_from_world,
-        )
-
-    def _publish_scale(self, window: Window[Frame], scale: ScaleEstimate) -> None:
-        newest = max(window.frames, key=lambda frame: frame.stamp_ns)
-        msg = MetricScale(header=Header(stamp=newest.header.stamp, frame_id=self.config.world_frame),
-                          source=scale.source, valid=scale.valid,
-                          metres_per_unit=scale.metres_per_unit if scale.valid else math.nan,
-                          residual_m=scale.residual_m, samples=scale.samples, age_s=scale.age_s,
-                          fits_total=scale.fits_total, failures_total=scale.failures_total, status=scale.status)
-        publisher = self.scale_publisher
-        if publisher is not None:
-            publisher.publish(msg)
 
     # ---------------------------------------------------------------- /g2vlm/ask
     def latest_snapshot(self) -> Optional[Snapshot]:
@@ -429,9 +441,6 @@ class PerceptionNode(LifecycleNode):
             return f" (node is {self.state_label}: {todo})"
         return ""
 
-    def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
-        return self.ask_handler.handle(request)
-
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         try:
@@ -445,7 +454,7 @@ class PerceptionNode(LifecycleNode):
     def destroy_node(self) -> None:
         # getattr: also called by rclpy's shutdown on a node whose __init__ failed half-way
         if getattr(self, "_transition_lock", None) is not None:
-            self._release()
+            self._release(exiting=True)
             self.ask_action.destroy()
             self.ask_handler.shutdown()
         super().destroy_node()
@@ -462,26 +471,21 @@ def main(args: Optional[list[str]] = None) -> int:
     # beyond max_concurrent_questions that camera input, services and timers never wait for answers
     executor = MultiThreadedExecutor(num_threads=4 + node.config.max_concurrent_questions)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    executor.add_node(node)
-    try:
+
+    def start() -> None:  # a task of the executor: configure then sees TF arriving, as it does when asked later
         node.autostart()
         node.get_logger().info(
             f"ready: state {node.state_label}, cameras {node.camera_names}, backend "
             f"{node.backend.describe() if node.backend else 'none'}, scale {node.config.scale_source}, "
             f"world frame '{node.config.world_frame}'")
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # Ctrl-C shuts the context down from the signal handler; an executor building its wait set at that
-        # moment raises RCLError ("context is not valid") instead of ExternalShutdownException
-        if rclpy.ok(context=node.context):
-            raise
-    finally:
-        stop_rclpy_signal_handling()  # first: its thread may still be about to wake this executor
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+
+    spin_and_tear_down(executor, node, node.entity_gate, node.callback_guard, start)
+    if node.window_abandoned:
+        # the model thread is still inside the backend: finalizing the interpreter under it can abort the process
+        # (native thread pools torn down while in use), so end here; every ROS entity is already destroyed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

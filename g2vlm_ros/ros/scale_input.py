@@ -11,6 +11,7 @@ module gathers the measurements from ROS (TF, the depth topic) and hands back a 
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -19,7 +20,9 @@ from typing import Optional
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
+from g2vlm_interfaces.msg import MetricScale
 from g2vlm_ros.geometry.pinhole import resize_nearest
 from g2vlm_ros.geometry.scale import (
     ScaleFit,
@@ -36,6 +39,16 @@ from g2vlm_ros.runtime.backend import GeometryResult
 from g2vlm_ros.runtime.scale_tracker import ScaleEstimate, ScaleTracker
 
 DEPTH_HISTORY = 30  # depth images kept for matching by stamp (1 s at 30 Hz)
+
+
+def scale_message(frames: list[Frame], scale: ScaleEstimate, world_frame: str) -> MetricScale:
+    """~/scale for a window: stamped with its newest frame; metres_per_unit NaN while no scale is valid."""
+    newest = max(frames, key=lambda frame: frame.stamp_ns)
+    return MetricScale(header=Header(stamp=newest.header.stamp, frame_id=world_frame),
+                       source=scale.source, valid=scale.valid,
+                       metres_per_unit=scale.metres_per_unit if scale.valid else math.nan,
+                       residual_m=scale.residual_m, samples=scale.samples, age_s=scale.age_s,
+                       fits_total=scale.fits_total, failures_total=scale.failures_total, status=scale.status)
 
 
 def newest_index(frames: list[Frame], camera: str) -> int:

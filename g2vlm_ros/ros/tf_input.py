@@ -8,12 +8,14 @@ any other missing transform. tf2 imports stay inside __init__ so this module imp
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from g2vlm_ros.geometry.rotations import rotation_angle_deg
 from g2vlm_ros.geometry.tf_buffer import TransformBuffer, TransformUnavailable, matrix_from_translation_quaternion
 
 TF_TOPIC = "/tf"
@@ -90,6 +92,36 @@ class TfInput:
         if target == source:
             return np.eye(4)  # needs no TF at all, so it works even here
         raise TransformUnavailable(f"cannot look up '{target}' <- '{source}': TF input is {self.mode}")
+
+    def known_frames(self) -> set[str]:
+        """Every frame name in the TF tree as received so far (children and parents)."""
+        if self._tf2_buffer is not None:
+            import yaml
+
+            tree = yaml.safe_load(self._tf2_buffer.all_frames_as_yaml() or "{}") or {}
+            return set(tree) | {str(entry.get("parent", "")) for entry in tree.values() if isinstance(entry, dict)}
+        buffer = self._buffer
+        return set(buffer.frames()) if buffer is not None else set()
+
+    def existing_frames(self, names: list[str], wait_s: float) -> list[str]:
+        """Those of `names` that are in the TF tree, after giving TF up to wait_s to arrive (latched /tf_static
+        comes within discovery time; /tf within a publisher's period)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = [name for name in names if name in self.known_frames()]
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
+    def motion(self, fixed_frame: str, before: Any, after: Any) -> Optional[tuple[float, float]]:
+        """(metres, degrees) a camera moved between two of its frames (header.frame_id, stamp_ns), from TF in
+        fixed_frame; None when TF cannot say."""
+        try:
+            start, end = (self.lookup(fixed_frame, frame.header.frame_id, frame.stamp_ns) for frame in (before, after))
+        except TransformUnavailable:
+            return None
+        relative = np.linalg.inv(start) @ end
+        return float(np.linalg.norm(relative[:3, 3])), rotation_angle_deg(relative[:3, :3])
 
     def destroy(self) -> None:
         """Releases the subscriptions; lookups afterwards raise TransformUnavailable."""

@@ -33,6 +33,14 @@ PLUGIN_PREFIX = "plugin:"
 DEMO_CHECKPOINT = Path(g2vlm_ros.__file__).resolve().parent / "demo_model"
 
 
+DEMO_MODEL_WARNING = (
+    "\n" + "=" * 78 + "\n"
+    "NO checkpoint_path SET: running the EMBEDDED DEMO MODEL, not the released G2VLM-2B.\n"
+    "It is an 11.7 M-parameter G2VLM trained only on synthetic rooms (docs/demo_model.md): fine for\n"
+    "trying the package, coarse on real scenes. For real use set checkpoint_path to the\n"
+    "InternRobotics/G2VLM-2B-MoT folder.\n" + "=" * 78)
+
+
 def default_engine_dir() -> Path:
     """The source tree's engines/ (editable installs), else a per-user cache folder."""
     source_tree = Path(g2vlm_ros.__file__).resolve().parents[1] / "engines"

@@ -54,7 +54,7 @@ class TimedFrame(Protocol):
 
     camera: str
     stamp_ns: int
-    thumbnail: np.ndarray
+    thumbnail: Optional[np.ndarray]  # None when the frame was taken while image change was not tested
 
 
 F = TypeVar("F", bound=TimedFrame)
@@ -107,6 +107,7 @@ class WindowStats:
     keyframes: int = 0
     motion_unknown: int = 0
     out_of_order: int = 0  # dropped on add: too old to take part in any new set
+    image_change_unknown: int = 0  # keyframe decisions where a frame had no thumbnail to compare
 
 
 @dataclass(frozen=True)
@@ -133,19 +134,31 @@ class WindowAssembler(Generic[F]):
     """
 
     def __init__(self, cameras: Sequence[str], policy: WindowPolicy, motion: Optional[Motion] = None):
-        policy.validate()
         if not cameras:
             raise ValueError("cameras must not be empty")
         if len(set(cameras)) != len(cameras):
             raise ValueError(f"camera names must be unique, got {list(cameras)}")
         self.cameras = list(cameras)
-        self.policy = policy
         self.stats = WindowStats()
         self._motion = motion
         self._camera_index = {camera: index for index, camera in enumerate(self.cameras)}
+        self.policy = policy
+        self.reset()
+
+    @property
+    def policy(self) -> WindowPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: WindowPolicy) -> None:
+        """Takes effect with the next frame; the stamp thresholds are derived here, so a runtime change of
+        keyframe_min_interval_s or sync_slop_s is never shadowed by a value cached at construction."""
+        policy.validate()
+        if hasattr(self, "_policy") and policy.window_size != self._policy.window_size:
+            raise ValueError("window_size cannot change on a running assembler; make a new one")
+        self._policy = policy
         self._slop_ns = round(policy.sync_slop_s * 1e9)
         self._min_interval_ns = round(policy.keyframe_min_interval_s * 1e9)
-        self.reset()
 
     def reset(self) -> None:
         """Forget buffered frames, keyframes and the stamps of the last set; the counters keep counting."""
@@ -255,8 +268,16 @@ class WindowAssembler(Generic[F]):
         # Motion is asked whenever it is enabled, so motion_unknown counts missing TF regardless of image change.
         moved = motion_enabled and self._moved_enough(last, candidate)
         return moved or (change_enabled and any(
-            image_change(before.thumbnail, after.thumbnail) >= policy.keyframe_min_image_change
+            self._changed_enough(before.thumbnail, after.thumbnail)
             for before, after in zip(last.frames, candidate.frames, strict=True)))
+
+    def _changed_enough(self, before: Optional[np.ndarray], after: Optional[np.ndarray]) -> bool:
+        # A keyframe kept while the criterion was off has no thumbnail (they are made only while it is on): its
+        # change is unknown, and the candidate becomes a keyframe so that the next comparison has both.
+        if before is None or after is None:
+            self.stats.image_change_unknown += 1
+            return True
+        return image_change(before, after) >= self.policy.keyframe_min_image_change
 
     def _moved_enough(self, last: _SyncSet[F], candidate: _SyncSet[F]) -> bool:
         motion = self._motion(last.frames, candidate.frames) if self._motion is not None else None

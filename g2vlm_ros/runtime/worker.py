@@ -59,12 +59,14 @@ class LatestOnlyWorker(Generic[Item]):
         p50, p95 = np.percentile(np.asarray(samples) * 1e3, [50, 95])
         return float(p50), float(p95)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Drops the pending item and waits up to timeout_s for the one in progress; True when the thread ended."""
         with self._condition:
             self._stopping = True
             self._pending = None
             self._condition.notify()
         self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
         while True:

@@ -1,0 +1,165 @@
+"""Spinning that no callback and no lifecycle transition can end.
+
+Two ways an rclpy process dies from inside its own spin, both seen on this node:
+- An exception in a subscription, timer or service callback is re-raised by the executor's spin in the
+  main thread, which ends the process. `CallbackGuard.wrap` contains it: logged (throttled per kind of
+  error), counted for /diagnostics, and the callback returns normally.
+- A lifecycle transition runs on an executor thread and creates or destroys subscriptions while the
+  main thread builds or walks the executor's wait set from the node's entity lists: rclpy then raises
+  InvalidHandle ("destruction was requested") in the spinning thread. `EntityGate` serializes the two:
+  the spinning thread holds the gate for each spin_once, and a transition changes entities only while
+  holding it. After a change the next spin_once gets a different timeout argument, which makes rclpy
+  start a fresh wait set instead of resuming the one that still lists destroyed entities (a public-API
+  way to drop it, the same on Humble, Jazzy and Kilted).
+`spin_until_shutdown` also survives anything that still escapes spin_once: it logs it and spins on.
+"""
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Optional
+
+SPIN_PERIOD_S = 0.05  # upper bound of how long a transition waits for the spinning thread to let it in
+LOG_THROTTLE_S = 2.0
+MAX_THROTTLE_KEYS = 256
+
+
+class EntityGate:
+    """Lets one thread at a time either spin the executor or create/destroy the node's entities."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._waiting = 0
+        self.changes = 0  # entity changes so far; the spinning thread starts a fresh wait set after each
+
+    @contextmanager
+    def changing_entities(self) -> Iterator[None]:
+        self._waiting += 1  # read without a lock by the spinning thread: a hint to let this thread in
+        try:
+            with self._lock:
+                try:
+                    yield
+                finally:
+                    self.changes += 1
+        finally:
+            self._waiting -= 1
+
+    @contextmanager
+    def spinning(self) -> Iterator[None]:
+        while self._waiting:  # a transition is waiting: give it the gate before taking it again
+            time.sleep(0.001)
+        with self._lock:
+            yield
+
+
+class LogThrottle:
+    """Admits one log line per LOG_THROTTLE_S per kind of message: its text without numbers or hex addresses,
+    so that a stream of out-of-order stamps or odd sizes is one kind, not one line per value."""
+
+    def __init__(self, period_s: float = LOG_THROTTLE_S):
+        self._period_s = period_s
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def admit(self, *parts: str) -> bool:
+        key = "|".join(re.sub(r"0x[0-9a-fA-F]+|[-+]?\d[\d.e+-]*", "#", part)[:200] for part in parts)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self._period_s) < self._period_s:
+                return False
+            if len(self._last) >= MAX_THROTTLE_KEYS:  # the texts carry sizes and names: bound the table
+                self._last.clear()
+            self._last[key] = now
+            return True
+
+
+class CallbackGuard:
+    """Contains exceptions of callbacks: logged at most once per LOG_THROTTLE_S per kind, counted per callback."""
+
+    def __init__(self, logger):
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._throttle = LogThrottle()
+        self.errors: dict[str, int] = {}  # callback name -> exceptions contained
+        self.last_error = ""
+
+    @property
+    def total(self) -> int:
+        return sum(self.errors.values())
+
+    def wrap(self, name: str, callback: Callable[..., Any], fallback: Optional[Callable[..., Any]] = None):
+        """`callback` that never raises; after an exception it returns fallback(*args) (or None)."""
+
+        @functools.wraps(callback)
+        def guarded(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except Exception as error:
+                self.record(name, error)
+                return fallback(*args, **kwargs) if fallback is not None else None
+
+        return guarded
+
+    def record(self, name: str, error: BaseException) -> None:
+        with self._lock:
+            self.errors[name] = self.errors.get(name, 0) + 1
+            self.last_error = f"{name}: {type(error).__name__}: {error}"[:500]
+        if not self._throttle.admit(name, type(error).__name__, str(error)):
+            return
+        stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self._logger.error(f"{name} raised (contained, the node keeps running; see diagnostics "
+                           f"callback_errors): {type(error).__name__}: {error}\n{stack}")
+
+
+def spin_until_shutdown(executor, gate: EntityGate, guard: CallbackGuard) -> None:
+    """Spins `executor` until its context shuts down (KeyboardInterrupt and ExternalShutdownException pass
+    through to the caller); what escapes a spin_once is recorded by `guard` and spinning goes on."""
+    from rclpy.executors import ExternalShutdownException
+
+    context = executor.context
+    seen_changes, fresh = gate.changes, False
+    while context.ok():
+        try:
+            with gate.spinning():
+                if gate.changes != seen_changes:
+                    seen_changes, fresh = gate.changes, not fresh
+                # the timeout differs after an entity change: rclpy builds a new wait set (module docstring)
+                executor.spin_once(timeout_sec=SPIN_PERIOD_S * (1.01 if fresh else 1.0))
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception as error:
+            if not context.ok():
+                return  # Ctrl-C shut the context down while a wait set was being built: not a fault
+            guard.record("executor", error)
+
+
+def spin_and_tear_down(executor, node, gate: EntityGate, guard: CallbackGuard,
+                       start: Optional[Callable[[], None]] = None) -> None:
+    """Spins `node` on `executor` until Ctrl-C or an external shutdown, then tears down in the one safe order:
+    rclpy's signal thread first (see signal_teardown), then the executor, the node and the context. `start`
+    runs as the executor's first task, so that what it does (configure) sees messages arriving as it would later."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
+
+    executor.add_node(node)
+    if start is not None:
+        executor.create_task(guard.wrap("start", start))
+    try:
+        spin_until_shutdown(executor, gate, guard)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stop_rclpy_signal_handling()  # first: its thread may still be about to wake this executor
+        try:  # callbacks still running (an answer being waited for) are not waited for: destroy_node ends them
+            executor.shutdown(timeout_sec=0.0, wait_for_threads=False)
+        except TypeError:  # a MultiThreadedExecutor without that option, or another executor
+            executor.shutdown(timeout_sec=0.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
