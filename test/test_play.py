@@ -229,9 +229,11 @@ def test_play_publishes_a_folder_looping_and_a_video_once_as_a_camera(ros_client
     stamps = [stamp_ns(m) for m in folder_images]
     assert all(later > earlier for earlier, later in pairwise(stamps))
 
-    video_images = ros_client.collect(Image, "/play_video/image_raw", RELIABLE)
+    # topics are relative, so a namespace moves them, as it moves a namespaced node's camera inputs
+    video_images = ros_client.collect(Image, "/play_ns/play_video/image_raw", RELIABLE)
     video = write_video(tmp_path / "walk.mp4", solid_frames(8), fps=25)
-    result = run_play(str(video), "--camera", "play_video", "--no-loop", "--wait-for-subscriber", "20")
+    result = run_play(str(video), "--camera", "play_video", "--no-loop", "--wait-for-subscriber", "20",
+                      "--ros-args", "-r", "__ns:=/play_ns")
     assert result.returncode == 0, result.stderr
     wait_until(lambda: len(video_images) == 8, 10, f"got {len(video_images)} of 8 video frames")
     span_s = (stamp_ns(video_images[-1]) - stamp_ns(video_images[0])) / 1e9

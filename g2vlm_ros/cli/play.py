@@ -5,9 +5,11 @@
   ros2 run g2vlm_ros play walk.mp4                        # at the video's frame rate
   ros2 run g2vlm_ros play recording.mcap --speed 0.5      # or a rosbag2 folder, or a .db3 file
 
-Images (synthetic, folder, video) go out as sensor_msgs/Image rgb8 on /<camera>/image_raw in the
+Images (synthetic, folder, video) go out as sensor_msgs/Image rgb8 on <camera>/image_raw in the
 frame <camera>_optical, stamped with the current time, looping until Ctrl-C (--no-loop: once).
-Synthetic rooms also publish their exact intrinsics on /<camera>/camera_info.
+Synthetic rooms also publish their exact intrinsics on <camera>/camera_info. These names are relative,
+like the node's default camera topics: `play ... --ros-args -r __ns:=/robot1` feeds a node launched
+with namespace:=robot1 (/robot1/<camera>/image_raw).
 
 A bag publishes every topic whose message type is installed here under its own name, paced by
 its recording times (--speed), once (--loop: again and again). Header stamps are shifted by
@@ -145,16 +147,16 @@ class Pacer:
 
 def play_frames(node, sequence, camera: str, rate_hz: float, loop: bool, count: Optional[int],
                 start: StartPolicy) -> int:
-    """Publishes a frame sequence as /<camera>/image_raw (+ camera_info); returns frames sent."""
+    """Publishes a frame sequence as <camera>/image_raw (+ camera_info); returns frames sent."""
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Header
 
     from g2vlm_ros.ros.conversions import numpy_to_image
     from g2vlm_ros.ros.outputs import pinhole_camera_info
 
-    images = node.create_publisher(Image, f"/{camera}/image_raw", 10)
-    infos = node.create_publisher(CameraInfo, f"/{camera}/camera_info", 10)
-    node.get_logger().info(f"playing {sequence.description} on /{camera}/image_raw at {rate_hz:g} Hz"
+    images = node.create_publisher(Image, f"{camera}/image_raw", 10)  # relative: in the node's namespace
+    infos = node.create_publisher(CameraInfo, f"{camera}/camera_info", 10)
+    node.get_logger().info(f"playing {sequence.description} on {images.topic_name} at {rate_hz:g} Hz"
                            + ("" if loop else ", once"))
     wait_for_subscribers(node, [images], start)
     pacer, sent = Pacer(), 0
@@ -255,7 +257,7 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("source", help="synthetic | folder of images | video file | rosbag2 folder, .mcap or .db3")
-    parser.add_argument("--camera", default="camera", help="images: topics /<camera>/image_raw and camera_info")
+    parser.add_argument("--camera", default="camera", help="images: topics <camera>/image_raw and camera_info")
     parser.add_argument("--rate", type=float, help=f"images: frames per second (default: the video's rate, "
                         f"else {DEFAULT_IMAGE_RATE_HZ:g})")
     parser.add_argument("--max-width", type=int, default=640, help="images: shrink wider images to this width")
