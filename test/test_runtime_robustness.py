@@ -151,8 +151,13 @@ TRANSITIONS = (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE, 
 def test_three_clients_sending_random_transitions_with_questions_in_flight(start_node, ros_client, camera):
     """3 clients x 100 random lifecycle transitions, questions and frames all the while: entities created and
     destroyed by transitions used to race the executor's wait set and end the process (InvalidHandle)."""
-    cam = camera(rate_hz=20.0)
-    node = start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable")
+    # two cameras with camera_info at 15 Hz: four subscriptions (and their event handlers) made and destroyed per
+    # activate/deactivate, and the executor woken often, which is when it walks its entity lists
+    cams = [camera(rate_hz=15.0, info_frame="info") for _ in range(2)]
+    # the fault plugin widens the race window (fixtures/faulty_backend.py: pause_entity_walk), so that a missing
+    # serialization fails within the 300 transitions instead of once in a while
+    node = start_node(backend=FAULTY, cameras=[cam.name for cam in cams], input_qos="reliable",
+                      extra_env=fault_env("pause_entity_walk"))
     stop = threading.Event()
     failures: list[str] = []
 
@@ -165,7 +170,7 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
             while not future.done() and time.monotonic() < deadline:
                 time.sleep(0.002)
             if not future.done():
-                failures.append("a transition got no response in 30 s")
+                failures.append(f"a transition got no response in 30 s (node alive: {node.alive()})")
                 return
 
     def questions() -> None:
@@ -182,7 +187,7 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
     for client in clients:
         client.join(300)
     stop.set()
-    assert not failures, failures
+    assert not failures, f"{failures}\n{node.log()[-4000:]}"
     assert node.alive(), node.log()[-5000:]
     log = node.log()
     assert "InvalidHandle" not in log and "Traceback" not in log, log[-5000:]
@@ -192,7 +197,7 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
                        Transition.TRANSITION_ACTIVATE):
         future = change.call_async(ChangeState.Request(transition=Transition(id=transition)))
         wait_until(future.done, 30, "no response to a transition after the storm")
-    depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
+    depth = ros_client.collect(Image, f"/g2vlm/{cams[0].name}/depth_relative", RELIABLE)
     wait_until(lambda: depth, 20, "no output after the storm")
 
 
