@@ -282,7 +282,7 @@ def stop_play_at(moment: str, signum: int, folder: Path, images: list, log_path:
     """Starts play on `folder`, sends `signum` at `moment`, returns (exit status, stderr)."""
     camera = "play_stop_idle" if moment == "waiting for a subscriber" else "play_stop"
     args = [folder, "--camera", camera, "--rate", "50", "--delay", "0", "--wait-for-subscriber", "30"]
-    args += ["--count", "3"] if moment == "after the last frame" else []
+    args += ["--count", "3"] if moment in ("after the last frame", "while exiting") else []
     log = log_path.open("w")
     player = subprocess.Popen([sys.executable, "-m", "g2vlm_ros.cli.play", *map(str, args)], stdout=log,
                               stderr=subprocess.STDOUT, env=os.environ.copy())
@@ -293,9 +293,14 @@ def stop_play_at(moment: str, signum: int, folder: Path, images: list, log_path:
         "waiting for a subscriber": lambda: "playing " in log_path.read_text(),  # nobody subscribes to idle
         "while publishing": lambda: len(images) >= seen + 3,
         "after the last frame": lambda: "done: 3 messages" in log_path.read_text(),  # the acknowledgement wait
+        "while exiting": lambda: "done: 3 messages" in log_path.read_text(),
     }
     try:
         wait_until(lambda: conditions[moment]() or player.poll() is not None, 30, f"{moment}: not reached")
+        if moment == "while exiting":
+            # Python's finalisation, where it resets signal handlers; DDS teardown keeps it there for
+            # longer than this (0.2 to 0.4 s after "done" were all inside it on a 2-core machine)
+            time.sleep(0.2)
         player.send_signal(signum)
         player.wait(20)
     finally:
@@ -310,8 +315,8 @@ def test_play_exits_cleanly_on_sigint_and_sigterm_at_any_moment(ros_client, tmp_
         pytest.skip("needs /proc to see when play has installed its signal handlers")
     folder = write_folder(tmp_path / "frames", gradient_frames(3))
     images = ros_client.collect(Image, "/play_stop/image_raw", RELIABLE)
-    moments = ["waiting for a subscriber", "while publishing", "after the last frame"]
-    moments += ["at start"] * 3  # the cheapest stop (no DDS), and the one that lands in imports and rclpy.init
+    moments = ["waiting for a subscriber", "while publishing", "after the last frame", "while exiting"]
+    moments += ["at start"] * 2  # the cheapest stop (no DDS), and the one that lands in imports and rclpy.init
     started = time.monotonic()
     for signum in (signal.SIGINT, signal.SIGTERM):
         for moment in moments:

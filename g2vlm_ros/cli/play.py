@@ -64,10 +64,12 @@ class StopSignals:
     POLL_S = 0.05  # the longest a requested stop waits while play sleeps
 
     def __init__(self):
-        self.requested = False
+        self.requested = self.installed = False
 
     def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        self.requested = False  # main() may run more than once in one process
+        self.installed = threading.current_thread() is threading.main_thread()
+        if not self.installed:
             return  # only the main thread may set handlers; an embedding program keeps its own
         # set explicitly, SIGINT too: a background job of a script inherits it ignored
         signal.signal(signal.SIGINT, self._note)
@@ -78,6 +80,14 @@ class StopSignals:
             os.write(2, b"play: second stop signal, exiting without cleanup\n")
             os._exit(SECOND_SIGINT_EXIT_CODE)
         self.requested = True
+
+    def ignore_from_now(self) -> None:
+        """For the way out: Python resets signals that have Python handlers to their defaults while it finalises,
+        and a stop arriving then would kill the process (exit -2 or -15) after a clean run; ignored ones stay
+        ignored. main() calls it last, so an embedding program's main thread is left with them ignored."""
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def check(self) -> None:
         if self.requested:
@@ -282,6 +292,13 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
 
 def main(argv: Optional[list[str]] = None) -> int:
     STOP.install()  # first: a stop during the imports and set-up below must end play cleanly too
+    try:
+        return _play(argv)
+    finally:
+        STOP.ignore_from_now()
+
+
+def _play(argv: Optional[list[str]]) -> int:
     args, ros_args = parse_args(argv)
     from g2vlm_ros.playback.frames import open_sequence
 
