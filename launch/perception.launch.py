@@ -78,7 +78,8 @@ def _string_list(name, text):
 # a string reaches the node as a string parameter; these parameters have other types
 CONVERSIONS = {"cameras": _string_list, "autostart": _boolean, "use_sim_time": _boolean}
 
-# launch's own defaults are 5 s each; the node's Ctrl-C teardown can take longer on a loaded machine
+# launch's own defaults are 5 s each; the node's Ctrl-C teardown can take longer on a loaded machine. The
+# names are those of launch's own configurations, so RViz gets the same timeouts by default.
 STOP_TIMEOUTS = {"sigterm_timeout": "10", "sigkill_timeout": "5"}
 
 
