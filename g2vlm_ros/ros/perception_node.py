@@ -315,11 +315,11 @@ class PerceptionNode(LifecycleNode):
 
     def _answerer_for(self, backend: GeometryBackend):
         """The semantic expert answers when the backend holds a model with a tokenizer; else the geometric one."""
-        model = getattr(backend, "model", None)
+        model, service = getattr(backend, "model", None), f"{self.get_fully_qualified_name()}/ask"
         if model is None or getattr(model, "tokenizer", None) is None:
-            self.get_logger().info("/g2vlm/ask: geometric answerer (documented question forms)")
+            self.get_logger().info(f"{service}: geometric answerer (documented question forms)")
             return GeometricAnswerer()
-        self.get_logger().info("/g2vlm/ask: G2VLM's semantic expert, grounded in measured geometry")
+        self.get_logger().info(f"{service}: G2VLM's semantic expert, grounded in measured geometry")
         return GenerativeAnswerer(model, self.config.max_answer_tokens)
 
     def autostart(self) -> None:
