@@ -128,7 +128,7 @@ MATRIX: dict[str, tuple[str, Callable, str]] = {
                               "is not newer than the previous frame's"),
     "compressed data that is not an image": (
         "compressed", lambda c, h: CompressedImage(header=h, format="jpeg", data=b"\xff\xd8 not really a jpeg"),
-        "cannot decode compressed image"),
+        "format 'jpeg' says JPEG, but the data is neither JPEG nor PNG"),
     "compressed image of 1x1 pixels": ("compressed", lambda c, h: jpeg(COLOUR, h, 1, 1),
                                        "image 1x1 is smaller than 32x32 pixels"),
 }

@@ -9,9 +9,11 @@ import time
 import uuid
 
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
-from test_faults import RELIABLE, WARN, fault_env, status, value
+from test_faults import ERROR, RELIABLE, WARN, fault_env, status, value
 from test_runtime_robustness import FAULTY
 
 from conftest import wait_until
@@ -160,34 +162,42 @@ def _process(script: str, args: list[str], env: dict[str, str]) -> subprocess.Po
     return process
 
 
-def test_node_frames_never_re_parent_robot_frames_and_clashes_fail_configure(start_node, ros_client, tf2_msgs_env):
+def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_node, ros_client, tf2_msgs_env):
     """Drivers (and play) call their optical frames <camera>_optical: the node's own frames carry frame_prefix, so
-    the robot's frames keep their parents; a frame the node would publish that already exists fails configure."""
+    the robot's frames keep their parents. A frame the node would publish that is already in the tree fails
+    configure; one that another node starts publishing later turns diagnostics to ERROR."""
     cam = TimedCamera(ros_client, camera_name())
     robot = _process(STATIC_TF, [f"base_link>{cam.name}_optical", "odom>base_link"], tf2_msgs_env)
     recorder = _process(TF_RECORDER, [], tf2_msgs_env)
+    others: list[subprocess.Popen] = []
     try:
         depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
+        diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
         node = start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", extra_env=tf2_msgs_env)
         wait_until(lambda: len(depth) >= 5, 20, f"no output:\n{node.log()[-3000:]}")
-        time.sleep(0.5)
+        others.append(_process(STATIC_TF, [f"base_link>g2vlm/{cam.name}_optical"], tf2_msgs_env))
+        entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and found.level == ERROR
+                           and found, 20, "a second publisher of the node's frame is not reported")
+        assert f"'g2vlm/{cam.name}_optical' under 'base_link'" in entry.message, entry.message
         node.stop()
         recorder.terminate()
         pairs = [json.loads(line) for line in recorder.communicate(timeout=10)[0].splitlines() if line.startswith("[")]
         assert ["g2vlm_world", f"g2vlm/{cam.name}_optical"] in pairs
-        children = {child for _, child in pairs}
-        assert not children & {f"{cam.name}_optical", "base_link", "odom"}, children
+        children = {child for parent, child in pairs if parent == "g2vlm_world"}
+        assert children == {f"g2vlm/{cam.name}_optical"}, children  # never base_link, odom or the driver's frame
 
         clash = camera_name()
-        other = _process(STATIC_TF, [f"base_link>g2vlm/{clash}_optical"], tf2_msgs_env)
-        try:
-            failing = start_node(backend="test_pattern", cameras=[clash], extra_env=tf2_msgs_env)
-            log = failing.log()
-            assert "configure failed" in log and f"'g2vlm/{clash}_optical'" in log and "frame_prefix" in log, log
-        finally:
-            other.kill()
+        others.append(_process(STATIC_TF, [f"base_link>g2vlm/{clash}_optical"], tf2_msgs_env))
+        # configured once discovery is done, as a lifecycle manager would: the tree is then there to be read
+        failing = start_node(backend="test_pattern", cameras=[clash], autostart=False, extra_env=tf2_msgs_env)
+        time.sleep(2.0)
+        change = ros_client.call(ChangeState, "/g2vlm/change_state",
+                                 ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)),
+                                 timeout_s=30)
+        log = failing.log()
+        assert not change.success and "configure failed" in log, log
+        assert f"'g2vlm/{clash}_optical'" in log and "frame_prefix" in log, log
     finally:
         cam.stop()
-        robot.kill()
-        recorder.kill()
-
+        for process in [robot, recorder, *others]:
+            process.kill()

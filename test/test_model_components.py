@@ -240,7 +240,11 @@ def test_a_batch_of_scenes_equals_each_scene_run_alone():
             alone_tokens, _, _ = model.encode_geometry_tokens(scenes[index], cache, special)
             alone = model.decode_geometry_raw(alone_tokens, 42, 56)
             for key, value in alone.items():
-                torch.testing.assert_close(batched[key][index], value, rtol=1e-4, atol=1e-5)
+                # batched and single GEMMs round differently, and exp(z) turns that into absolute errors that grow
+                # with the output's size (local points reach 1e5 with random weights): tolerate rounding relative to
+                # each output's scale; a leak between scenes would change values by their own size
+                scale = float(value.abs().max())
+                torch.testing.assert_close(batched[key][index], value, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
 
 
 def test_orthonormalize_gradient_is_exact_and_stays_finite_near_rotations():

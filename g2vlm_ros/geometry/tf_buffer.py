@@ -153,6 +153,11 @@ class TransformBuffer:
             expired = bisect.bisect_left(link.stamps_ns, link.stamps_ns[-1] - self._cache_time_ns)
             del link.stamps_ns[:expired], link.translations[:expired], link.rotations[:expired]
 
+    def parents(self) -> dict[str, str]:
+        """child -> parent for every frame that has a parent."""
+        with self._lock:
+            return {child: link.parent for child, link in self._links.items()}
+
     def frames(self) -> list[str]:
         with self._lock:
             return sorted(set(self._links) | {link.parent for link in self._links.values()})

@@ -77,8 +77,14 @@ def _inference(node, name: str, hardware_id: str) -> StatusBuilder:
     if snapshot is not None:  # head | head_agreement (no confidence head: the two point heads compared) | none
         inference.add("confidence_source", snapshot.result.confidence_source)
     inference.add("tf_output", node.tf_output.mode)
-    if node.tf_input is not None:
-        inference.add("tf_input", node.tf_input.mode)
+    tf_input = node.tf_input
+    if tf_input is not None:
+        inference.add("tf_input", tf_input.mode)
+        foreign = tf_input.foreign_parents()
+        if foreign:
+            inference.set(ERROR, "another node publishes this node's TF frame(s): " + ", ".join(
+                f"'{child}' under '{parent}'" for child, parent in sorted(foreign.items())[:5])
+                + "; set frame_prefix / world_frame to names no other node uses")
     guard = node.callback_guard
     inference.add("callback_errors", guard.total)
     if guard.last_error:

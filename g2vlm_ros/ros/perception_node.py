@@ -60,7 +60,7 @@ from g2vlm_ros.runtime.worker import LatestOnlyWorker
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0
 ASK_QUEUE_DEPTH = 256
-TF_TREE_WAIT_S = 0.5  # at configure, time for latched /tf_static and current /tf to arrive before the frame check
+TF_TREE_WAIT_S = 1.0  # at configure, time for latched /tf_static and current /tf to arrive before the frame check
 # Python's default 5 ms GIL hand-over lets a burst of question threads delay every GIL re-acquisition
 # of the camera and inference threads by several ms; a shorter interval keeps perception at its rate
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -213,9 +213,10 @@ class PerceptionNode(LifecycleNode):
             return ""
         config = self.config
         # the frames the node publishes as children; world_frame is one only when placed in odom_frame (scale tf)
-        ours = [optical_frame(camera, config.frame_prefix) for camera in self.camera_names]
-        ours += [config.world_frame] if config.scale_source == "tf" else []
-        clashes = tf_input.existing_frames(ours, wait_s=TF_TREE_WAIT_S)
+        ours = {optical_frame(camera, config.frame_prefix): config.world_frame for camera in self.camera_names}
+        ours.update({config.world_frame: config.odom_frame} if config.scale_source == "tf" else {})
+        tf_input.watch_parents(ours)  # diagnostics keep checking: a publisher may start after configure
+        clashes = tf_input.existing_frames(list(ours), wait_s=TF_TREE_WAIT_S)
         if not clashes:
             return ""
         return (f"TF frame(s) {', '.join(repr(frame) for frame in clashes)} already exist in the TF tree and this "

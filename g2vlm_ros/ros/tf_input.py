@@ -40,6 +40,8 @@ class TfInput:
         self._tf2_exception: type[Exception] = Exception
         self._buffer: Optional[TransformBuffer] = None
         self._subscriptions: list = []
+        self._expected_parents: dict[str, str] = {}
+        self._foreign: dict[str, str] = {}
         try:
             import rclpy.duration
             import tf2_ros
@@ -95,13 +97,32 @@ class TfInput:
 
     def known_frames(self) -> set[str]:
         """Every frame name in the TF tree as received so far (children and parents)."""
+        parents = self._parents()
+        return set(parents) | set(parents.values())
+
+    def _parents(self) -> dict[str, str]:
+        """child -> parent of the TF tree as received so far."""
         if self._tf2_buffer is not None:
             import yaml
 
             tree = yaml.safe_load(self._tf2_buffer.all_frames_as_yaml() or "{}") or {}
-            return set(tree) | {str(entry.get("parent", "")) for entry in tree.values() if isinstance(entry, dict)}
+            return {str(child): str(entry.get("parent", ""))
+                    for child, entry in tree.items() if isinstance(entry, dict)}
         buffer = self._buffer
-        return set(buffer.frames()) if buffer is not None else set()
+        return buffer.parents() if buffer is not None else {}
+
+    def watch_parents(self, expected: dict[str, str]) -> None:
+        """Records transforms that give one of `expected`'s children another parent than expected (another node
+        publishing a frame this node publishes); see foreign_parents()."""
+        self._expected_parents = dict(expected)
+
+    def foreign_parents(self) -> dict[str, str]:
+        """child -> the other parent seen for a watched frame: from every received transform (tf2_msgs), or from the
+        tree as it stands (tf2_ros, where this node's own transforms may hide the other parent between checks)."""
+        for child, parent in self._parents().items():
+            if parent and self._expected_parents.get(child, parent) != parent:
+                self._foreign.setdefault(child, parent)
+        return dict(self._foreign)
 
     def existing_frames(self, names: list[str], wait_s: float) -> list[str]:
         """Those of `names` that are in the TF tree, after giving TF up to wait_s to arrive (latched /tf_static
@@ -142,6 +163,8 @@ class TfInput:
             translation, rotation = transform.transform.translation, transform.transform.rotation
             # tf2 strips a leading '/' (a ROS 1 habit) from frame ids it receives; do the same so names match.
             parent, child = transform.header.frame_id.lstrip("/"), transform.child_frame_id.lstrip("/")
+            if self._expected_parents.get(child, parent) != parent:
+                self._foreign.setdefault(child, parent)
             try:
                 buffer.set_transform(parent, child, stamp.sec * 1_000_000_000 + stamp.nanosec,
                                            (translation.x, translation.y, translation.z),
