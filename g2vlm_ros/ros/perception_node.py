@@ -346,7 +346,6 @@ class PerceptionNode(LifecycleNode):
             if self.assembler is not None:
                 self.assembler.policy = window_policy(self.config)
 
-
     def _first_camera_motion(self, previous: list[Frame], candidate: list[Frame]) -> Optional[tuple[float, float]]:
         tf_input = self.tf_input
         return None if tf_input is None else tf_input.motion(self.config.odom_frame, previous[0], candidate[0])
