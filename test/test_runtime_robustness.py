@@ -164,6 +164,9 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
     def transitions(seed: int) -> None:
         rng = random.Random(seed)
         client = ros_client.node.create_client(ChangeState, "/g2vlm/change_state")
+        if not client.wait_for_service(timeout_sec=30):  # a request sent before discovery is lost
+            failures.append("the change_state service did not show up")
+            return
         for _ in range(100):
             future = client.call_async(ChangeState.Request(transition=Transition(id=rng.choice(TRANSITIONS))))
             deadline = time.monotonic() + 30
@@ -175,6 +178,7 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
 
     def questions() -> None:
         client = ros_client.node.create_client(Ask, "/g2vlm/ask")
+        client.wait_for_service(timeout_sec=30)
         while not stop.is_set():
             client.call_async(Ask.Request(question="What is the depth at (10, 10)?"))
             time.sleep(0.02)
@@ -193,6 +197,7 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
     assert "InvalidHandle" not in log and "Traceback" not in log, log[-5000:]
     # still fully working afterwards
     change = ros_client.node.create_client(ChangeState, "/g2vlm/change_state")
+    assert change.wait_for_service(timeout_sec=30)
     for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP, Transition.TRANSITION_CONFIGURE,
                        Transition.TRANSITION_ACTIVATE):
         future = change.call_async(ChangeState.Request(transition=Transition(id=transition)))
