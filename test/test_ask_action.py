@@ -153,8 +153,11 @@ def test_destroy_twice_is_harmless():
     try:
         node = rclpy.create_node("ask_action_destroy_test", context=context)
         server = AskActionServer(node, lambda request, publish_feedback, is_cancelled: None)
+        waitables = len(list(node.waitables))
         server.destroy()
-        server.destroy()
+        assert len(list(node.waitables)) == waitables - 1  # the action server left the node
+        server.destroy()  # a second time: nothing left to destroy, and no error
+        assert len(list(node.waitables)) == waitables - 1
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
