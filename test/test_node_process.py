@@ -242,10 +242,30 @@ def test_without_a_model_the_node_stays_up_and_says_why(start_node, ros_client, 
     ({"odom_frame": "g2vlm_world"}, "give world_frame its own name"),
     ({"keyframe_min_motion_m": 0.1}, "need parameter 'odom_frame'"),
 ])
-def test_invalid_configuration_exits_with_a_clear_reason(start_node, parameters, message):
-    node = start_node(wait_ready=False, **parameters)
+def test_invalid_configuration_is_refused_with_a_clear_reason(parameters, message):
+    """The rules are a pure function of the parameters: checked in-process on a node given those overrides."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from g2vlm_ros.ros.params import ConfigError, declare_and_read
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("g2vlm_config_check", context=context, parameter_overrides=[
+            Parameter(name, value=value) for name, value in parameters.items()])
+        with pytest.raises(ConfigError) as refused:
+            declare_and_read(node)
+        assert message in str(refused.value)
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_invalid_configuration_exits_with_code_2_and_the_reason(start_node):
+    node = start_node(wait_ready=False, scale_source="rig")
     node.process.wait(20)
-    assert node.process.returncode == 2 and message in node.log()
+    assert node.process.returncode == 2 and "scale_source 'rig' needs at least two cameras" in node.log()
 
 
 def test_runtime_parameter_changes_are_validated(start_node, ros_client, camera):
