@@ -314,3 +314,14 @@ def test_raw_and_compressed_cameras_form_keyframe_windows(start_node, ros_client
     assert [round(p.position.x, 3) for p in pose_array[-1].poses] == [0.0, 0.1, 0.2, 0.3]
     stamps = [stamp_of(pose) for pose in path[-1].poses]
     assert len(stamps) == 2 and stamps[0] < stamps[1], "the path holds the first camera's keyframes in time order"
+
+
+def test_camera_topics_follow_the_namespace(start_node, ros_client):
+    """Default camera topics are relative: a node started in /<ns> reads /<ns>/<camera>/image_raw (drivers
+    launched in the same namespace), and its outputs are under /<ns>/g2vlm."""
+    namespace = f"ns_{uuid.uuid4().hex[:6]}"
+    depth = ros_client.collect(Image, f"/{namespace}/g2vlm/front/depth_relative")
+    start_node(backend="test_pattern", cameras=["front"], ros_args=("-r", f"__ns:=/{namespace}"))
+    publisher = ros_client.node.create_publisher(Image, f"/{namespace}/front/image_raw", 10)
+    wait_until(lambda: depth, 20, "no output from the namespaced camera topic",
+               action=lambda: publisher.publish(rgb_image((5, 5, 5), stamped(ros_client, "front_optical"))))
