@@ -34,20 +34,25 @@ class EntityGate:
 
     def __init__(self):
         self._lock = threading.RLock()
-        self._waiting = 0
+        self._count_lock = threading.Lock()  # `+=` on an attribute is not atomic across threads
+        self._waiting = 0  # threads waiting to change entities: the spinning thread lets them in first
         self.changes = 0  # entity changes so far; the spinning thread starts a fresh wait set after each
+
+    def _count_waiting(self, step: int) -> None:
+        with self._count_lock:
+            self._waiting += step
 
     @contextmanager
     def changing_entities(self) -> Iterator[None]:
-        self._waiting += 1  # read without a lock by the spinning thread: a hint to let this thread in
+        self._count_waiting(+1)
         try:
             with self._lock:
                 try:
                     yield
                 finally:
-                    self.changes += 1
+                    self.changes += 1  # under the gate: only one thread at a time gets here
         finally:
-            self._waiting -= 1
+            self._count_waiting(-1)
 
     @contextmanager
     def spinning(self) -> Iterator[None]:
