@@ -180,7 +180,7 @@ def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_
                            and found, 20, "a second publisher of the node's frame is not reported")
         assert f"'g2vlm/{cam.name}_optical' under 'base_link'" in entry.message, entry.message
         node.stop()
-        recorder.terminate()
+        recorder.kill()  # what it printed stays in the pipe (flushed per line); a rclpy process may ignore SIGTERM
         pairs = [json.loads(line) for line in recorder.communicate(timeout=10)[0].splitlines() if line.startswith("[")]
         assert ["g2vlm_world", f"g2vlm/{cam.name}_optical"] in pairs
         children = {child for parent, child in pairs if parent == "g2vlm_world"}
