@@ -169,7 +169,6 @@ class CameraInput:
             self.camera_info = msg
         return None
 
-
     def rate_hz(self) -> float:
         """Images per second over the last RATE_WINDOW_S, measured up to now: a camera that stops decays to 0."""
         now = time.monotonic()
@@ -182,8 +181,7 @@ class CameraInput:
 
     def age_s(self) -> Optional[float]:
         """Seconds since the last image arrived (accepted or not); None before the first."""
-        with self._lock:
-            last = self._arrivals[-1] if self._arrivals else self._last_arrival
+        last = self._last_arrival
         return None if last is None else time.monotonic() - last
 
 

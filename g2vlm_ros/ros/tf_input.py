@@ -129,7 +129,8 @@ class TfInput:
         comes within discovery time; /tf within a publisher's period)."""
         deadline = time.monotonic() + wait_s
         while True:
-            found = [name for name in names if name in self.known_frames()]
+            known = self.known_frames()
+            found = [name for name in names if name in known]
             if found or time.monotonic() >= deadline:
                 return found
             time.sleep(0.05)
