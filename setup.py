@@ -24,5 +24,5 @@ setup(
     maintainer_email="maintainers@g2vlm-ros.dev",
     description="G2VLM perception for ROS 2: depth, point clouds, camera poses and spatial questions.",
     license="Apache-2.0",
-    tests_require=["pytest"],
+    extras_require={"test": ["pytest"]},
 )
