@@ -143,11 +143,15 @@ def spin_until_shutdown(executor, gate: EntityGate, guard: CallbackGuard) -> Non
             guard.record("executor", error)
 
 
-def spin_and_tear_down(executor, node, gate: EntityGate, guard: CallbackGuard,
-                       start: Optional[Callable[[], None]] = None) -> None:
+def spin_and_tear_down(executor, node, gate: Optional[EntityGate] = None, guard: Optional[CallbackGuard] = None,
+                       start: Optional[Callable[[], None]] = None,
+                       before_destroy: Optional[Callable[[], None]] = None) -> None:
     """Spins `node` on `executor` until Ctrl-C or an external shutdown, then tears down in the one safe order:
-    rclpy's signal thread first (see signal_teardown), then the executor, the node and the context. `start`
-    runs as the executor's first task, so that what it does (configure) sees messages arriving as it would later."""
+    rclpy's signal thread first (see signal_teardown), then the executor, `before_destroy`, the node and the
+    context. `start` runs as the executor's first task, so that what it does (configure) sees messages arriving as
+    it would later. A node that changes entities from callbacks passes its own gate; others get a private one."""
+    gate = gate or EntityGate()
+    guard = guard or CallbackGuard(node.get_logger())
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
@@ -166,5 +170,7 @@ def spin_and_tear_down(executor, node, gate: EntityGate, guard: CallbackGuard,
             executor.shutdown(timeout_sec=0.0, wait_for_threads=False)
         except TypeError:  # a MultiThreadedExecutor without that option, or another executor
             executor.shutdown(timeout_sec=0.0)
+        if before_destroy is not None:
+            before_destroy()
         node.destroy_node()
         rclpy.try_shutdown()
