@@ -118,7 +118,18 @@ def test_frames_get_only_camera_info_that_fits_them():
 
 def config(**values) -> NodeConfig:
     defaults = {spec.name: spec.default for spec in PARAMETERS}
-    return NodeConfig(cameras=[CameraConfig("cam", "cam/image_raw", "", "raw", "")], values={**defaults, **values})
+    return NodeConfig.from_values([CameraConfig("cam", "cam/image_raw", "", "raw", "")], {**defaults, **values})
+
+
+def test_the_typed_configuration_has_one_field_per_parameter():
+    import dataclasses
+
+    fields = {field.name: field.type for field in dataclasses.fields(NodeConfig)}
+    assert set(fields) == {spec.name for spec in PARAMETERS}  # `cameras`: the names' settings
+    for spec in PARAMETERS:
+        if spec.name != "cameras":
+            assert fields[spec.name] == type(spec.default).__name__, spec.name  # annotations are strings here
+    assert config().values()["cameras"] == ["cam"] and config(window_size=3).window_size == 3
 
 
 def test_runtime_changes_follow_the_start_up_rules():

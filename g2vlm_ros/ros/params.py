@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
@@ -177,16 +177,59 @@ class CameraConfig:
     frame_id: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NodeConfig:
-    cameras: list[CameraConfig]
-    values: dict[str, Any] = field(default_factory=dict)
+    """Every parameter of the node as a typed field, named as in PARAMETERS (defaults live there, once; a test keeps
+    the two in step). `cameras` holds each camera's settings; the `cameras` parameter is their names."""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    cameras: list[CameraConfig]
+    autostart: bool
+    input_qos: str
+    output_qos: str
+    world_frame: str
+    odom_frame: str
+    publish_tf: bool
+    window_size: int
+    sync_slop_s: float
+    keyframe_min_interval_s: float
+    keyframe_min_motion_m: float
+    keyframe_min_rotation_deg: float
+    keyframe_min_image_change: float
+    max_rate_hz: float
+    backend: str
+    checkpoint_path: str
+    engine_dir: str
+    device: str
+    precision: str
+    cuda_graphs: bool
+    allow_engine_rebuild: bool
+    scale_source: str
+    fixed_scale: float
+    scale_depth_topic: str
+    scale_depth_camera: str
+    scale_max_age_s: float
+    cloud_stride: int
+    voxel_size: float
+    confidence_threshold: float
+    max_question_bytes: int
+    max_concurrent_questions: int
+    max_answer_tokens: int
+    ask_timeout_s: float
+    out_of_memory_policy: str
+    diagnostics_period_s: float
+    camera_timeout_s: float
+    inference_timeout_s: float
+    frame_prefix: str
+
+    @classmethod
+    def from_values(cls, cameras: list[CameraConfig], values: dict[str, Any]) -> NodeConfig:
+        """From parameter values by name (the `cameras` names among them are replaced by `cameras`)."""
+        return cls(cameras=cameras, **{name: value for name, value in values.items() if name != "cameras"})
+
+    def values(self) -> dict[str, Any]:
+        """Parameter values by name, as declared (the `cameras` parameter as the list of names)."""
+        values = {name: getattr(self, name) for name in SPECS if name != "cameras"}
+        return {**values, "cameras": [camera.name for camera in self.cameras]}
 
 
 def window_policy(config: NodeConfig) -> WindowPolicy:
@@ -223,7 +266,7 @@ def declare_and_read(node: Node) -> NodeConfig:
     check_combination(values, names)
     if values["scale_source"] == "depth_topic" and not values["scale_depth_camera"]:
         values["scale_depth_camera"] = names[0]
-    return NodeConfig(cameras=cameras, values=values)
+    return NodeConfig.from_values(cameras, values)
 
 
 def check_combination(values: dict[str, Any], cameras: list[str]) -> None:
@@ -264,14 +307,14 @@ def make_set_parameters_callback(config: NodeConfig, on_change: Callable[[], Non
             except ConfigError as error:
                 return SetParametersResult(successful=False, reason=str(error))
         # the rules that involve several parameters hold at runtime exactly as at start-up
-        values = {**config.values, **{p.name: p.value for p in parameters if p.name in SPECS}}
+        values = {**config.values(), **{p.name: p.value for p in parameters if p.name in SPECS}}
         try:
             check_combination(values, [camera.name for camera in config.cameras])
         except ConfigError as error:
             return SetParametersResult(successful=False, reason=str(error))
         for parameter in parameters:
             if parameter.name in SPECS:
-                config.values[parameter.name] = parameter.value
+                setattr(config, parameter.name, parameter.value)
         on_change()
         return SetParametersResult(successful=True)
 
