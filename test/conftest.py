@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -169,6 +170,58 @@ def ros_client():
     client = RosClient()
     yield client
     client.close()
+
+
+class Camera:
+    """Publishes frames of one camera at a fixed rate from a background timer of the test's client node.
+    offset_s shifts its stamps (a camera on another clock); info_frame also sends a camera_info per frame with
+    that frame_id; size is the images' (width, height)."""
+
+    def __init__(self, ros_client, name: str, rate_hz: float = 10.0, offset_s: float = 0.0, info_frame: str = "",
+                 size: tuple[int, int] = (640, 480)):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+
+        self.ros, self.name, self.offset_ns, self.info_frame, self.size = (
+            ros_client, name, int(offset_s * 1e9), info_frame, size)
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.publisher = ros_client.node.create_publisher(Image, f"/{name}/image_raw", reliable)
+        self.infos = ros_client.node.create_publisher(CameraInfo, f"/{name}/camera_info", reliable) if info_frame \
+            else None
+        self.timer = ros_client.node.create_timer(1.0 / rate_hz, self.publish)
+
+    def publish(self) -> None:
+        from sensor_msgs.msg import CameraInfo
+        from std_msgs.msg import Header
+
+        from test_node_process import rgb_image  # a test module: imported when a camera runs, not with conftest
+
+        header = Header(frame_id=f"{self.name}_optical")
+        header.stamp.sec, header.stamp.nanosec = divmod(
+            self.ros.node.get_clock().now().nanoseconds + self.offset_ns, 1_000_000_000)
+        width, height = self.size
+        if self.infos is not None:
+            info = CameraInfo(header=Header(frame_id=self.info_frame, stamp=header.stamp), width=width, height=height)
+            info.k = [0.8 * width, 0.0, width / 2, 0.0, 0.8 * width, height / 2, 0.0, 0.0, 1.0]
+            self.infos.publish(info)
+        self.publisher.publish(rgb_image((90, 140, 200), header, width=width, height=height))
+
+    def stop(self) -> None:
+        self.ros.node.destroy_timer(self.timer)
+
+
+@pytest.fixture
+def camera(ros_client):
+    """camera(**Camera options) -> a Camera with a fresh name, stopped after the test."""
+    cameras = []
+
+    def start(**options) -> Camera:
+        cameras.append(Camera(ros_client, f"cam_{uuid.uuid4().hex[:8]}", **options))
+        return cameras[-1]
+
+    yield start
+    for started in cameras:
+        started.stop()
 
 
 FIXTURES = REPO / "test" / "fixtures"

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,10 @@ from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Path as PathMsg
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
-from std_msgs.msg import Header
 from test_backends import IDS
 
 from conftest import FIXTURES, wait_until
 from g2vlm_interfaces.srv import Ask
-from test_node_process import rgb_image
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 ERROR, WARN = b"\x02", b"\x01"
@@ -47,36 +44,6 @@ def status(diagnostics: list, name: str):
 
 def value(entry, key: str) -> str:
     return next((kv.value for kv in entry.values if kv.key == key), "") if entry is not None else ""
-
-
-class Camera:
-    """Publishes frames of one camera at a fixed rate from a background timer of the test's client node."""
-
-    def __init__(self, ros_client, name: str, rate_hz: float = 10.0):
-        self.ros, self.name = ros_client, name
-        self.publisher = ros_client.node.create_publisher(Image, f"/{name}/image_raw", RELIABLE)
-        self.timer = ros_client.node.create_timer(1.0 / rate_hz, self.publish)
-
-    def publish(self) -> None:
-        header = Header(frame_id=f"{self.name}_optical")
-        header.stamp = self.ros.node.get_clock().now().to_msg()
-        self.publisher.publish(rgb_image((90, 140, 200), header))
-
-    def stop(self) -> None:
-        self.ros.node.destroy_timer(self.timer)
-
-
-@pytest.fixture
-def camera(ros_client):
-    cameras = []
-
-    def start(rate_hz: float = 10.0) -> Camera:
-        cameras.append(Camera(ros_client, f"fault_{uuid.uuid4().hex[:8]}", rate_hz))
-        return cameras[-1]
-
-    yield start
-    for started in cameras:
-        started.stop()
 
 
 # --- broken models fail configure, with the reason everywhere a user looks ------------------------------------

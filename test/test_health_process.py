@@ -14,7 +14,7 @@ from lifecycle_msgs.srv import ChangeState
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from test_faults import ERROR, RELIABLE, WARN, fault_env, status, value
-from test_runtime_robustness import FAULTY
+from test_runtime_robustness import FAULTY, SMALL
 
 from conftest import wait_until
 from test_node_process import rgb_image
@@ -24,24 +24,8 @@ def camera_name() -> str:
     return f"hp_{uuid.uuid4().hex[:8]}"
 
 
-class TimedCamera:
-    def __init__(self, ros_client, name: str, offset_s: float = 0.0, rate_hz: float = 10.0):
-        self.ros, self.name, self.offset_ns = ros_client, name, int(offset_s * 1e9)
-        self.publisher = ros_client.node.create_publisher(Image, f"/{name}/image_raw", RELIABLE)
-        self.timer = ros_client.node.create_timer(1.0 / rate_hz, self.publish)
-
-    def publish(self) -> None:
-        now = self.ros.node.get_clock().now().nanoseconds + self.offset_ns
-        header = Header(frame_id=f"{self.name}_optical")
-        header.stamp.sec, header.stamp.nanosec = divmod(now, 1_000_000_000)
-        self.publisher.publish(rgb_image((90, 140, 200), header, width=64, height=48))
-
-    def stop(self) -> None:
-        self.ros.node.destroy_timer(self.timer)
-
-
-def test_a_camera_that_stops_is_reported_stalled_with_its_age_and_its_rate_decays(start_node, ros_client):
-    cam = TimedCamera(ros_client, camera_name())
+def test_a_camera_that_stops_is_reported_stalled_with_its_age_and_its_rate_decays(start_node, ros_client, camera):
+    cam = camera(size=SMALL)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", camera_timeout_s=1.0,
                inference_timeout_s=2.0)
@@ -58,32 +42,25 @@ def test_a_camera_that_stops_is_reported_stalled_with_its_age_and_its_rate_decay
     assert inference.level == WARN and cam.name in inference.message
 
 
-def test_a_camera_stamped_in_the_future_is_reported_as_a_sync_failure_with_its_skew(start_node, ros_client):
-    live, skewed = TimedCamera(ros_client, camera_name()), TimedCamera(ros_client, camera_name(), offset_s=10.0)
+def test_a_camera_stamped_in_the_future_is_reported_as_a_sync_failure_with_its_skew(start_node, ros_client,
+                                                                                   camera):
+    live, skewed = camera(size=SMALL), camera(offset_s=10.0, size=SMALL)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    try:
-        start_node(backend="test_pattern", cameras=[live.name, skewed.name], input_qos="reliable",
-                   camera_timeout_s=1.0)
-        entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and found.level == WARN
-                           and "no synchronized set" in found.message and found, 15, "no sync failure reported")
-        assert f"camera '{skewed.name}' is stamped 10.0" in entry.message, entry.message
-        assert value(entry, "synchronized_sets") == "0"
-    finally:
-        live.stop()
-        skewed.stop()
+    start_node(backend="test_pattern", cameras=[live.name, skewed.name], input_qos="reliable", camera_timeout_s=1.0)
+    entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and found.level == WARN
+                       and "no synchronized set" in found.message and found, 15, "no sync failure reported")
+    assert f"camera '{skewed.name}' is stamped 10.0" in entry.message, entry.message
+    assert value(entry, "synchronized_sets") == "0"
 
 
-def test_inference_that_completes_no_window_is_reported_stale(start_node, ros_client):
-    cam = TimedCamera(ros_client, camera_name())
+def test_inference_that_completes_no_window_is_reported_stale(start_node, ros_client, camera):
+    cam = camera(size=SMALL)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    try:
-        start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", inference_timeout_s=1.5,
-                   extra_env=fault_env("slow_30"))
-        entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and "stale" in found.message
-                           and found, 15, "a hung model is not reported as stale")
-        assert entry.level == WARN and "the model has not finished a window" in entry.message
-    finally:
-        cam.stop()
+    start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", inference_timeout_s=1.5,
+               extra_env=fault_env("slow_30"))
+    entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and "stale" in found.message
+                       and found, 15, "a hung model is not reported as stale")
+    assert entry.level == WARN and "the model has not finished a window" in entry.message
 
 
 def test_camera_info_is_rescaled_or_ignored_never_contradicting_the_depth_image(start_node, ros_client):
@@ -162,11 +139,12 @@ def _process(script: str, args: list[str], env: dict[str, str]) -> subprocess.Po
     return process
 
 
-def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_node, ros_client, tf2_msgs_env):
+def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_node, ros_client, tf2_msgs_env,
+                                                                         camera):
     """Drivers (and play) call their optical frames <camera>_optical: the node's own frames carry frame_prefix, so
     the robot's frames keep their parents. A frame the node would publish that is already in the tree fails
     configure; one that another node starts publishing later turns diagnostics to ERROR."""
-    cam = TimedCamera(ros_client, camera_name())
+    cam = camera(size=SMALL)
     robot = _process(STATIC_TF, [f"base_link>{cam.name}_optical", "odom>base_link"], tf2_msgs_env)
     recorder = _process(TF_RECORDER, [], tf2_msgs_env)
     others: list[subprocess.Popen] = []
@@ -201,6 +179,5 @@ def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_
         assert not change.success and "configure failed" in log, log
         assert f"'g2vlm/{clash}_optical'" in log and "frame_prefix" in log, log
     finally:
-        cam.stop()
         for process in [robot, recorder, *others]:
             process.kill()

@@ -7,9 +7,7 @@ import random
 import signal
 import threading
 import time
-import uuid
 
-import pytest
 from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
@@ -18,50 +16,15 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header
+from sensor_msgs.msg import Image
 from test_faults import RELIABLE, WARN, fault_env, status, value
 
 from conftest import wait_until
 from g2vlm_interfaces.action import Ask as AskAction
 from g2vlm_interfaces.srv import Ask
-from test_node_process import rgb_image
 
 FAULTY = "plugin:faulty_backend:FaultyBackend"
-
-
-class Camera:
-    """Images (and optionally camera_info) of one camera at a fixed rate, from the test client's own timer."""
-
-    def __init__(self, ros_client, name: str, rate_hz: float = 10.0, info_frame: str = ""):
-        self.ros, self.name, self.info_frame = ros_client, name, info_frame
-        self.images = ros_client.node.create_publisher(Image, f"/{name}/image_raw", RELIABLE)
-        self.infos = ros_client.node.create_publisher(CameraInfo, f"/{name}/camera_info", RELIABLE)
-        self.timer = ros_client.node.create_timer(1.0 / rate_hz, self.publish)
-
-    def publish(self) -> None:
-        header = Header(frame_id=f"{self.name}_optical", stamp=self.ros.node.get_clock().now().to_msg())
-        if self.info_frame:
-            info = CameraInfo(header=Header(frame_id=self.info_frame, stamp=header.stamp), width=64, height=48)
-            info.k = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
-            self.infos.publish(info)
-        self.images.publish(rgb_image((90, 140, 200), header, width=64, height=48))
-
-    def stop(self) -> None:
-        self.ros.node.destroy_timer(self.timer)
-
-
-@pytest.fixture
-def camera(ros_client):
-    cameras = []
-
-    def start(**options) -> Camera:
-        cameras.append(Camera(ros_client, f"rb_{uuid.uuid4().hex[:8]}", **options))
-        return cameras[-1]
-
-    yield start
-    for started in cameras:
-        started.stop()
+SMALL = (64, 48)  # images: enough for the placeholder backend, cheap to send at 15-30 Hz
 
 
 def parameter(name: str, value_) -> Parameter:
@@ -102,7 +65,7 @@ NEEDS_ODOM = {"keyframe_min_motion_m": 0.2, "keyframe_min_rotation_deg": 10.0}
 def test_every_runtime_parameter_toggled_while_frames_flow_keeps_the_node_publishing(start_node, ros_client, camera):
     """Each runtime-changeable parameter off -> on -> off with frames flowing: the node stays up and publishes after
     every change (turning keyframe_min_image_change on used to kill it: old keyframes had no thumbnail)."""
-    cam = camera()
+    cam = camera(size=SMALL)
     depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
     node = start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", window_size=2)
     wait_until(lambda: len(depth) >= 3, 20, "no output before the changes")
@@ -123,7 +86,7 @@ def test_every_runtime_parameter_toggled_while_frames_flow_keeps_the_node_publis
 
 def test_runtime_keyframe_interval_takes_effect(start_node, ros_client, camera):
     """keyframe_min_interval_s set at runtime spaces the keyframes (the assembler cached the start-up value)."""
-    cam = camera(rate_hz=10.0)
+    cam = camera(rate_hz=10.0, size=SMALL)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", window_size=2,
                diagnostics_period_s=0.2)
@@ -153,7 +116,7 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
     destroyed by transitions used to race the executor's wait set and end the process (InvalidHandle)."""
     # two cameras with camera_info at 15 Hz: four subscriptions (and their event handlers) made and destroyed per
     # activate/deactivate, and the executor woken often, which is when it walks its entity lists
-    cams = [camera(rate_hz=15.0, info_frame="info") for _ in range(2)]
+    cams = [camera(rate_hz=15.0, info_frame="info", size=SMALL) for _ in range(2)]
     # the fault plugin widens the race window (fixtures/faulty_backend.py: pause_entity_walk), so that a missing
     # serialization fails within the 300 transitions instead of once in a while
     node = start_node(backend=FAULTY, cameras=[cam.name for cam in cams], input_qos="reliable",
@@ -209,7 +172,7 @@ def test_three_clients_sending_random_transitions_with_questions_in_flight(start
 def test_exceptions_in_callbacks_are_contained_logged_throttled_and_counted(start_node, ros_client, camera):
     """A callback that raises (here the camera_info handler, by an injected fault) no longer ends the process: it
     is logged at most once per 2 s per kind, counted in diagnostics, and everything else goes on."""
-    cam = camera(info_frame="raise")
+    cam = camera(info_frame="raise", size=SMALL)
     depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     node = start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable",
@@ -226,7 +189,7 @@ def test_exceptions_in_callbacks_are_contained_logged_throttled_and_counted(star
 def test_two_hundred_concurrent_action_goals_all_get_an_answer(start_node, ros_client, camera):
     """Every one of 200 goals sent at once is accepted or rejected, and every accepted one gets a result (an answer
     or a refusal such as 'busy'); with the action services' default depth of 10 most never heard back."""
-    cam = camera()
+    cam = camera(size=SMALL)
     depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
     start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable")
     wait_until(lambda: depth, 20, "no output")
@@ -276,7 +239,7 @@ def test_ctrl_c_with_a_window_in_flight_exits_fast(start_node, ros_client, camer
     """Under `ros2 launch`, a teardown slower than the SIGINT timeout escalates to SIGTERM. With a 30 s window in
     the model, Ctrl-C must not wait for it (cleanup does; exit need not): the bound of 5 s is generous (the
     teardown itself takes well under a second) so that it holds on a loaded machine, and far below 30 s."""
-    cam = camera()
+    cam = camera(size=SMALL)
     depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
     node = start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", extra_env=fault_env("slow_30"))
     time.sleep(1.0)  # the first window is in the model now
