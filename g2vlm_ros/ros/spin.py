@@ -150,13 +150,15 @@ def spin_and_tear_down(executor, node, gate: Optional[EntityGate] = None, guard:
     rclpy's signal thread first (see signal_teardown), then the executor, `before_destroy`, the node and the
     context. `start` runs as the executor's first task, so that what it does (configure) sees messages arriving as
     it would later. A node that changes entities from callbacks passes its own gate; others get a private one."""
-    gate = gate or EntityGate()
-    guard = guard or CallbackGuard(node.get_logger())
+    import inspect
+
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
 
+    gate = gate or EntityGate()
+    guard = guard or CallbackGuard(node.get_logger())
     executor.add_node(node)
     if start is not None:
         executor.create_task(guard.wrap("start", start))
@@ -166,9 +168,10 @@ def spin_and_tear_down(executor, node, gate: Optional[EntityGate] = None, guard:
         pass
     finally:
         stop_rclpy_signal_handling()  # first: its thread may still be about to wake this executor
-        try:  # callbacks still running (an answer being waited for) are not waited for: destroy_node ends them
+        # callbacks still running (an answer being waited for) are not waited for: destroy_node ends them
+        if "wait_for_threads" in inspect.signature(executor.shutdown).parameters:  # not every executor has it
             executor.shutdown(timeout_sec=0.0, wait_for_threads=False)
-        except TypeError:  # a MultiThreadedExecutor without that option, or another executor
+        else:
             executor.shutdown(timeout_sec=0.0)
         if before_destroy is not None:
             before_destroy()
