@@ -20,10 +20,9 @@ from lifecycle_msgs.msg import State, Transition
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from test_faults import Camera
 from test_lifecycle import change, state
 
-from conftest import FIXTURES, wait_until
+from conftest import FIXTURES, Camera, wait_until
 from g2vlm_interfaces.srv import Ask
 from test_node_process import rgb_image
 
