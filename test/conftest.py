@@ -72,6 +72,8 @@ class NodeProcess:
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired as timeout:
+                self.process.send_signal(signal.SIGUSR1)  # the node prints every thread's stack (spin.py)
+                time.sleep(2.0)
                 self.process.kill()
                 self.process.wait()
                 raise AssertionError(f"node did not stop within {timeout_s} s after SIGINT:\n{self.log()}") from timeout

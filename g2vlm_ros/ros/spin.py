@@ -15,8 +15,11 @@ Two ways an rclpy process dies from inside its own spin, both seen on this node:
 """
 from __future__ import annotations
 
+import faulthandler
 import functools
 import re
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -143,6 +146,13 @@ def spin_until_shutdown(executor, gate: EntityGate, guard: CallbackGuard) -> Non
             guard.record("executor", error)
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` prints every thread's Python stack to stderr and the process goes on: how a user (or
+    a test) sees where a node that does not stop or does not answer is waiting."""
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+
+
 def spin_and_tear_down(executor, node, gate: Optional[EntityGate] = None, guard: Optional[CallbackGuard] = None,
                        start: Optional[Callable[[], None]] = None,
                        before_destroy: Optional[Callable[[], None]] = None) -> None:
@@ -157,6 +167,7 @@ def spin_and_tear_down(executor, node, gate: Optional[EntityGate] = None, guard:
 
     from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
 
+    dump_stacks_on_sigusr1()
     gate = gate or EntityGate()
     guard = guard or CallbackGuard(node.get_logger())
     executor.add_node(node)
