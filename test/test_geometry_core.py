@@ -13,10 +13,10 @@ from g2vlm_ros.geometry.pinhole import (
     transform_points,
 )
 from g2vlm_ros.geometry.rotations import matrix_to_quaternion_xyzw
+from g2vlm_ros.pipeline.worker import LatestOnlyWorker
 from g2vlm_ros.runtime.backend import BackendUnavailableError, InvalidInputError
 from g2vlm_ros.runtime.registry import BackendRequest, create_backend
 from g2vlm_ros.runtime.test_pattern import TestPatternBackend
-from g2vlm_ros.runtime.worker import LatestOnlyWorker
 
 
 def test_backprojection_hand_values():
@@ -150,7 +150,7 @@ def test_worker_survives_exceptions():
 
 
 def test_rate_limiter_admits_a_jittered_stream_at_its_rate_but_caps_faster_ones():
-    from g2vlm_ros.runtime.rate_limiter import RateLimiter
+    from g2vlm_ros.pipeline.rate_limiter import RateLimiter
 
     rng = np.random.default_rng(1)
     stream = np.arange(100) * 0.2 + rng.uniform(-0.04, 0.04, 100)  # 5 Hz with 40 ms jitter

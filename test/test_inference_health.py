@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from g2vlm_ros.runtime.inference_health import (
+from g2vlm_ros.pipeline.inference_health import (
     FAILING_AFTER,
     InferenceHealth,
     is_out_of_memory,
     newest_sets,
     run_window,
 )
-from g2vlm_ros.runtime.windowing import Window
+from g2vlm_ros.pipeline.windowing import Window
 
 
 def window(cameras=("a", "b"), keyframes=4) -> Window:

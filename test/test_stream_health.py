@@ -9,9 +9,9 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from g2vlm_ros.pipeline.stream_health import Activity, camera_stalled, inference_stale, sync_failure
 from g2vlm_ros.ros.camera_input import CameraInput, camera_info_problem, rescaled_camera_info
 from g2vlm_ros.ros.params import PARAMETERS, CameraConfig, NodeConfig, make_set_parameters_callback
-from g2vlm_ros.runtime.stream_health import Activity, camera_stalled, inference_stale, sync_failure
 
 S = 1_000_000_000
 

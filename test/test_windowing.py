@@ -1,4 +1,4 @@
-"""Approximate-time alignment, keyframe policy and window assembly (g2vlm_ros.runtime.windowing), without ROS."""
+"""Approximate-time alignment, keyframe policy and window assembly (g2vlm_ros.pipeline.windowing), without ROS."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from g2vlm_ros.runtime.windowing import WindowAssembler, WindowPolicy, image_change, thumbnail
+from g2vlm_ros.pipeline.windowing import WindowAssembler, WindowPolicy, image_change, thumbnail
 
 MS = 1_000_000
 LUMA = np.array([0.299, 0.587, 0.114])

@@ -54,13 +54,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rclpy.qos import QoSProfile
     from std_msgs.msg import Header
 
+    from g2vlm_ros.pipeline.windowing import WindowAssembler, WindowPolicy
     from g2vlm_ros.ros.camera_input import CameraInput
     from g2vlm_ros.ros.conversions import numpy_to_image
     from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings
     from g2vlm_ros.ros.params import CameraConfig
     from g2vlm_ros.ros.tf_output import TfOutput
     from g2vlm_ros.runtime.preprocess import prepare_images
-    from g2vlm_ros.runtime.windowing import WindowAssembler, WindowPolicy
 
     rclpy.init()
     node = rclpy.create_node("g2vlm_overhead_bench")

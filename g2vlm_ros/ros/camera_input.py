@@ -1,6 +1,6 @@
 """Per-camera input state: message conversion, the latest CameraInfo, counters and the input rate.
 
-Accepted frames go to the node's WindowAssembler (runtime.windowing), which aligns cameras in time
+Accepted frames go to the node's WindowAssembler (pipeline.windowing), which aligns cameras in time
 and keeps the keyframes."""
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from g2vlm_ros.pipeline.windowing import thumbnail
 from g2vlm_ros.ros.conversions import ImageConversionError, compressed_to_rgb, image_to_rgb
 from g2vlm_ros.ros.params import CameraConfig
-from g2vlm_ros.runtime.windowing import thumbnail
 
 
 def stamp_ns(stamp: Time) -> int:

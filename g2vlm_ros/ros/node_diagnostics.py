@@ -4,8 +4,8 @@ Kept apart from the node so that what an operator sees in rqt_runtime_monitor is
 """
 from __future__ import annotations
 
+from g2vlm_ros.pipeline.stream_health import camera_stalled, inference_stale, sync_failure
 from g2vlm_ros.ros.diagnostics import ERROR, WARN, StatusBuilder, gpu_memory
-from g2vlm_ros.runtime.stream_health import camera_stalled, inference_stale, sync_failure
 
 
 def node_statuses(node) -> list[StatusBuilder]:

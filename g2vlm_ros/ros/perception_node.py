@@ -33,6 +33,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
+from g2vlm_ros.pipeline.inference_health import InferenceHealth, release_cached_memory, run_window
+from g2vlm_ros.pipeline.rate_limiter import RateLimiter
+from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
+from g2vlm_ros.pipeline.stream_health import Activity
+from g2vlm_ros.pipeline.windowing import Window, WindowAssembler
+from g2vlm_ros.pipeline.worker import LatestOnlyWorker
 from g2vlm_ros.reasoning.generative import GenerativeAnswerer
 from g2vlm_ros.reasoning.geometric import GeometricAnswerer
 from g2vlm_ros.ros.ask_action import AskActionServer
@@ -49,13 +55,7 @@ from g2vlm_ros.ros.spin import CallbackGuard, EntityGate, LogThrottle, spin_and_
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
 from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
-from g2vlm_ros.runtime.inference_health import InferenceHealth, release_cached_memory, run_window
-from g2vlm_ros.runtime.rate_limiter import RateLimiter
 from g2vlm_ros.runtime.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend
-from g2vlm_ros.runtime.scale_tracker import ScaleEstimate
-from g2vlm_ros.runtime.stream_health import Activity
-from g2vlm_ros.runtime.windowing import Window, WindowAssembler
-from g2vlm_ros.runtime.worker import LatestOnlyWorker
 
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0

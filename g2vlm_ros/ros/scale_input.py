@@ -6,7 +6,7 @@
                extrapolation-free lookup at the latest time: rigs do not deform)
   depth_topic  predicted depth of one camera vs a metric depth image of the same pixels (nearest in time)
 
-The geometry is in g2vlm_ros.geometry.scale, the hold/expiry policy in runtime.scale_tracker; this
+The geometry is in g2vlm_ros.geometry.scale, the hold/expiry policy in pipeline.scale_tracker; this
 module gathers the measurements from ROS (TF, the depth topic) and hands back a ScaleEstimate.
 """
 from __future__ import annotations
@@ -32,11 +32,11 @@ from g2vlm_ros.geometry.scale import (
     scale_from_trajectories,
 )
 from g2vlm_ros.geometry.tf_buffer import TransformUnavailable
+from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate, ScaleTracker
 from g2vlm_ros.ros.camera_input import Frame, stamp_ns
 from g2vlm_ros.ros.conversions import ImageConversionError, depth_image_to_metres
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.runtime.backend import GeometryResult
-from g2vlm_ros.runtime.scale_tracker import ScaleEstimate, ScaleTracker
 
 DEPTH_HISTORY = 30  # depth images kept for matching by stamp (1 s at 30 Hz)
 
