@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     from rclpy.executors import MultiThreadedExecutor
 
     from g2vlm_ros.playback.frames import SyntheticSequence
-    from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
+    from g2vlm_ros.ros.spin import tear_down
 
     frames = [frame.rgb for frame in SyntheticSequence().frames]
     command = [str(Path(sys.prefix) / "lib" / "g2vlm_ros" / "perception_node"), "--ros-args",
@@ -167,14 +167,12 @@ def main(argv=None) -> int:
         time.sleep(5.0)  # the last questions' answers
         unanswered = load.unanswered(older_than_s=5.0)
     finally:
-        stop_rclpy_signal_handling()  # before the executor is shut down: see signal_teardown
+        tear_down(executor, node)  # the safe order for rclpy (see spin.tear_down); ends the spinning thread
         process.send_signal(signal.SIGINT)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
-        executor.shutdown()
-        rclpy.try_shutdown()
 
     warm = np.array([ms for ms, at in zip(load.latency_ms, load.latency_times, strict=True)
                      if at - start >= args.warmup_s])

@@ -158,13 +158,18 @@ class SlowAnswerer:
         return Answer("slow", value=1.0, unit="m")
 
 
-def fake_node():
-    frame = SimpleNamespace(stamp_ns=5, header=SimpleNamespace(stamp=__import__("builtin_interfaces.msg").msg.Time()))
+def ask_handler(answerer, max_concurrent: int):
+    """An AskHandler over a one-frame window, with the node's typed configuration."""
+    from g2vlm_ros.ros.ask_handler import AskHandler
+    from g2vlm_ros.ros.params import PARAMETERS, CameraConfig, NodeConfig
+
+    frame = SimpleNamespace(stamp_ns=5_000_000_007, camera="front")
     snapshot = SimpleNamespace(window=SimpleNamespace(frames=[frame]))
-    config = SimpleNamespace(world_frame="g2vlm_world", max_question_bytes=100, ask_timeout_s=5.0)
-    logger = SimpleNamespace(error=lambda message: None)
-    return SimpleNamespace(latest_snapshot=lambda: snapshot, config=config, camera_names=["front"],
-                           not_ready_reason=lambda: "", get_logger=lambda: logger)
+    config = NodeConfig.from_values([CameraConfig("front", "front/image_raw", "", "raw", "")],
+                                    {spec.name: spec.default for spec in PARAMETERS})
+    config.max_question_bytes, config.ask_timeout_s = 100, 5.0
+    source = SimpleNamespace(latest_snapshot=lambda: snapshot, not_ready_reason=lambda: "")
+    return AskHandler(source, config, SimpleNamespace(error=lambda message: None), answerer, max_concurrent)
 
 
 def test_camera_errors_stay_short_and_name_an_empty_camera():
@@ -187,10 +192,9 @@ def test_camera_errors_stay_short_and_name_an_empty_camera():
 
 def test_ask_handler_enforces_timeout_and_concurrency():
     from g2vlm_interfaces.srv import Ask
-    from g2vlm_ros.ros.ask_handler import AskHandler
 
     answerer = SlowAnswerer(0.5)
-    handler = AskHandler(fake_node(), answerer, max_concurrent=2)
+    handler = ask_handler(answerer, max_concurrent=2)
     timed_out = handler.handle(Ask.Request(question="q", timeout_s=0.1))
     assert not timed_out.success and "timed out after 0.1 s" in timed_out.error and math.isnan(timed_out.value)
     time.sleep(0.6)  # let the timed-out answer finish and free its slot
@@ -205,4 +209,5 @@ def test_ask_handler_enforces_timeout_and_concurrency():
     busy = [r for r in results if not r.success]
     assert len(answered) == 2 and len(busy) == 4 and all("busy: 2 questions" in r.error for r in busy)
     assert answerer.peak <= 2 and answered[0].frame_id == "g2vlm_world" and answered[0].value == 1.0
+    assert (answered[0].stamp.sec, answered[0].stamp.nanosec) == (5, 7)  # the newest frame's capture time
     handler.shutdown()

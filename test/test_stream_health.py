@@ -10,7 +10,14 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from g2vlm_ros.pipeline.stream_health import Activity, camera_stalled, inference_stale, sync_failure
-from g2vlm_ros.ros.camera_input import CameraInput, camera_info_problem, rescaled_camera_info
+from g2vlm_ros.ros.camera_input import (
+    CameraInput,
+    calibration_from_camera_info,
+    camera_info_from_calibration,
+    camera_info_problem,
+    frame_header,
+    rescaled_camera_info,
+)
 from g2vlm_ros.ros.params import PARAMETERS, CameraConfig, NodeConfig, make_set_parameters_callback
 
 S = 1_000_000_000
@@ -150,7 +157,21 @@ def test_frame_ids_and_headers_stay_untouched_by_matching():
     state = CameraInput(CameraConfig("cam", "cam/image_raw", "", "raw", ""))
     state.set_camera_info(info(64, 48))
     image = Image(header=Header(frame_id="cam_optical"), height=48, width=64, encoding="rgb8", step=192)
-    image.header.stamp.sec = 5
+    image.header.stamp.sec, image.header.stamp.nanosec = 5, 7
     image.data = bytes(64 * 48 * 3)
     frame = state.accept(image)
-    assert frame.camera_info.width == 64 and frame.header.frame_id == "cam_optical"
+    assert frame.calibration.width == 64 and frame.frame_id == "cam_optical" and frame.stamp_ns == 5_000_000_007
+    assert frame_header(frame) == Header(frame_id="cam_optical", stamp=image.header.stamp)
+
+
+def test_camera_info_round_trips_through_the_pipelines_calibration():
+    """Frames carry no ROS types: the CameraInfo republished beside the depth is rebuilt from the calibration."""
+    original = info(64, 48)
+    original.distortion_model, original.d = "rational_polynomial", [0.1, -0.2, 0.001, 0.002, 0.3, 0.0, 0.0, 0.0]
+    original.p = [50.0, 0.0, 32.0, -3.5, 0.0, 51.0, 24.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    original.binning_x, original.roi.width, original.roi.height, original.roi.do_rectify = 2, 30, 20, True
+    header = Header(frame_id="cam_optical")
+    header.stamp.sec = 3
+    rebuilt = camera_info_from_calibration(calibration_from_camera_info(original), header)
+    original.header = header
+    assert rebuilt == original

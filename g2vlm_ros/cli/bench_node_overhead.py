@@ -5,8 +5,9 @@
 Per window it runs the node's own code on real messages: Image -> RGB conversion and checks
 (CameraInput.accept), time alignment and keyframing (WindowAssembler), preprocessing to the model
 input (prepare_images), then, with the model's output replaced by a precomputed result of the right
-shape, everything the node does after inference (GeometryPublisher.publish: depth resampled to the
-camera, camera_info, pose, PoseArray, Path, TF list, cloud selection and packing, rclpy publish).
+shape, everything the node does after inference (pipeline.postprocess.window_outputs: depth resampled
+to the camera, cloud selection; GeometryPublisher.publish: camera_info, pose, PoseArray, Path, TF list,
+cloud packing, rclpy publish).
 Prints ms per view (median over windows) and the ratio to a plain memcpy of the bytes those
 messages carry, measured in the same run.
 """
@@ -51,28 +52,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     import rclpy
+    from rclpy.lifecycle import LifecycleNode
     from rclpy.qos import QoSProfile
     from std_msgs.msg import Header
 
+    from g2vlm_ros.pipeline.postprocess import OutputPolicy, window_outputs
     from g2vlm_ros.pipeline.windowing import WindowAssembler, WindowPolicy
     from g2vlm_ros.ros.camera_input import CameraInput
     from g2vlm_ros.ros.conversions import numpy_to_image
-    from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings
+    from g2vlm_ros.ros.outputs import FrameSettings, GeometryPublisher
     from g2vlm_ros.ros.params import CameraConfig
     from g2vlm_ros.ros.tf_output import TfOutput
     from g2vlm_ros.runtime.preprocess import prepare_images
 
     rclpy.init()
-    node = rclpy.create_node("g2vlm_overhead_bench")
+    node = LifecycleNode("g2vlm_overhead_bench")
     rng = np.random.default_rng(1)
-    settings = OutputSettings(world_frame="g2vlm_world", metres_per_unit=None, cloud_stride=args.cloud_stride,
-                              confidence_threshold=0.0)
+    policy = OutputPolicy(metres_per_unit=None, cloud_stride=args.cloud_stride, confidence_threshold=0.0)
+    settings = FrameSettings(world_frame="g2vlm_world")
     rows = []
     for cameras in args.cameras:
         names = [f"cam{i}" for i in range(cameras)]
         inputs = [CameraInput(CameraConfig(n, f"/{n}/image_raw", "", "raw", "")) for n in names]
         assembler = WindowAssembler(names, WindowPolicy(window_size=1))
         publisher = GeometryPublisher(node, names, False, QoSProfile(depth=5), TfOutput(node, False))
+        publisher.set_active(True)
         messages = [numpy_to_image(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8), "rgb8",
                                    Header(frame_id=f"{n}_optical")) for n in names]
         result = canned_result(cameras)
@@ -93,7 +97,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 assembler.add(state.accept(msg))
             frames = assembler.poll().frames
             prepare_images([frame.rgb for frame in frames], __import__("torch").device("cpu"))
-            publisher.publish(frames, result, settings)
+            publisher.publish(window_outputs(frames, result, policy, names[0]), settings)
             if window >= args.warmup:
                 samples.append((time.perf_counter() - start) * 1e3)
         per_view = statistics.median(samples) / cameras

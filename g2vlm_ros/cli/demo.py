@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from g2vlm_interfaces.srv import Ask
-    from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
+    from g2vlm_ros.ros.spin import tear_down
 
     if args.backend == "test_pattern":
         banner("DEMO WITH THE TEST PATTERN BACKEND: depth = 1 + image brightness, poses are fixed.\n"
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         print("demo: interrupted; stopping the node and the player", file=sys.stderr)
         return 130
     finally:
-        stop_rclpy_signal_handling()  # before the executor can be freed: see signal_teardown
+        tear_down(executor, client)  # first: the safe order for rclpy (see spin.tear_down)
         stop(processes)
         for log in logs.values():
             log.close()
@@ -257,8 +257,6 @@ def run(args: argparse.Namespace) -> int:
     report(args, monitor, rates, response)
     written = write_previews(monitor, args.output)
     print("  previews:\n" + "\n".join(f"    {path}" for path in written), flush=True)
-    client.destroy_node()
-    rclpy.try_shutdown()
     return 0
 
 

@@ -11,7 +11,8 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
-from typing import Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import numpy as np
 from geometry_msgs.msg import Point
@@ -26,8 +27,32 @@ from g2vlm_ros.reasoning.question import (
     effective_timeout,
     no_answerer_error,
 )
+from g2vlm_ros.ros.camera_input import time_from_ns
+
+if TYPE_CHECKING:
+    from g2vlm_ros.pipeline.perception import Snapshot
+    from g2vlm_ros.ros.params import NodeConfig
 
 Feedback = Callable[[str, str], None]  # (partial answer, stage)
+
+
+@dataclass(frozen=True)
+class QuestionStats:
+    answerer: str  # its class name, or "none"
+    answered: int
+    refused: int
+    busy: int  # refused because max_concurrent_questions were being answered
+    timed_out: int
+    max_concurrent: int
+
+
+class AskSource(Protocol):
+    """What questions read from the node: the latest window and, when there is none, why."""
+
+    def latest_snapshot(self) -> Optional[Snapshot]: ...
+
+    def not_ready_reason(self) -> str:
+        """' (why no window can come)', or '' while the node is active."""
 
 
 def internal_error_response(request, response: Ask.Response) -> Ask.Response:
@@ -38,14 +63,21 @@ def internal_error_response(request, response: Ask.Response) -> Ask.Response:
 
 
 class AskHandler:
-    def __init__(self, node, answerer: Optional[SpatialAnswerer], max_concurrent: int):
-        self.node = node
+    def __init__(self, source: AskSource, config: NodeConfig, logger, answerer: Optional[SpatialAnswerer],
+                 max_concurrent: int):
+        """`config`: the node's (world_frame, question limits, timeouts; read per question, so runtime changes
+        apply); `logger`: where answerer bugs are reported (.error)."""
+        self._source, self._config, self._logger = source, config, logger
         self.answerer = answerer
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.max_concurrent = max_concurrent
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="ask")
         self.answered = self.refused = self.timed_out = self.busy = 0
         self._closing = threading.Event()
+
+    def stats(self) -> QuestionStats:
+        return QuestionStats(type(self.answerer).__name__ if self.answerer else "none", self.answered, self.refused,
+                             self.busy, self.timed_out, self.max_concurrent)
 
     def shutdown(self) -> None:
         """Questions being waited for end at once (refused: shutting down), so teardown never waits for them."""
@@ -55,19 +87,18 @@ class AskHandler:
     def handle(self, request, publish_feedback: Optional[Feedback] = None,
                is_cancelled: Optional[Callable[[], bool]] = None) -> Ask.Response:
         """Answers `request` (Ask.Request or an Ask action goal); never raises."""
-        node = self.node
+        config = self._config
         response = Ask.Response(value=float("nan"))
-        snapshot = node.latest_snapshot()
+        snapshot = self._source.latest_snapshot()
         if snapshot is not None:
-            newest = max(snapshot.window.frames, key=lambda frame: frame.stamp_ns)
-            response.stamp = newest.header.stamp
-            response.frame_id = node.config.world_frame
+            response.stamp = time_from_ns(max(frame.stamp_ns for frame in snapshot.window.frames))
+            response.frame_id = config.world_frame
         try:
-            question = check_question(request.question, node.config.max_question_bytes)
-            cameras = check_cameras(list(request.cameras), node.camera_names)
-            timeout_s = effective_timeout(float(request.timeout_s), node.config.ask_timeout_s)
+            question = check_question(request.question, config.max_question_bytes)
+            cameras = check_cameras(list(request.cameras), [camera.name for camera in config.cameras])
+            timeout_s = effective_timeout(float(request.timeout_s), config.ask_timeout_s)
             if snapshot is None:
-                raise QuestionError("no perception window has been processed yet" + node.not_ready_reason())
+                raise QuestionError("no perception window has been processed yet" + self._source.not_ready_reason())
             if self.answerer is None:
                 raise QuestionError(no_answerer_error())
             answer = self._answer_within(question, cameras, snapshot, timeout_s, publish_feedback, is_cancelled)
@@ -76,7 +107,7 @@ class AskHandler:
             response.success, response.error = False, str(error)
             return response
         except Exception as error:  # an answerer bug must not take the service down
-            node.get_logger().error(f"/g2vlm/ask failed: {type(error).__name__}: {error}")
+            self._logger.error(f"/g2vlm/ask failed: {type(error).__name__}: {error}")
             response.success, response.error = False, f"internal error: {type(error).__name__}: {error}"
             return response
         self.answered += 1

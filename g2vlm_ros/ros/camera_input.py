@@ -1,7 +1,7 @@
 """Per-camera input state: message conversion, the latest CameraInfo, counters and the input rate.
 
-Accepted frames go to the node's WindowAssembler (pipeline.windowing), which aligns cameras in time
-and keeps the keyframes."""
+Accepted images become pipeline Frames (no ROS types: the header becomes frame_id and stamp_ns, the
+CameraInfo a CameraCalibration) and go to the pipeline, which aligns cameras in time and keeps keyframes."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -17,6 +16,7 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from g2vlm_ros.pipeline.frame import CameraCalibration, Frame
 from g2vlm_ros.pipeline.windowing import thumbnail
 from g2vlm_ros.ros.conversions import ImageConversionError, compressed_to_rgb, image_to_rgb
 from g2vlm_ros.ros.params import CameraConfig
@@ -26,17 +26,37 @@ def stamp_ns(stamp: Time) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-@dataclass
-class Frame:
-    """One accepted camera image, ready for inference."""
+def time_from_ns(nanoseconds: int) -> Time:
+    return Time(sec=int(nanoseconds // 1_000_000_000), nanosec=int(nanoseconds % 1_000_000_000))
 
-    camera: str
-    header: Header  # source header; frame_id already resolved (parameter or message)
-    rgb: np.ndarray  # [H,W,3] uint8
-    camera_info: Optional[CameraInfo]  # latest CameraInfo of this camera when the image arrived
-    stamp_ns: int  # header stamp in nanoseconds, for time alignment
-    thumbnail: Optional[np.ndarray]  # small grey image, only when the keyframe policy tests image change
-    clock_reset: bool = False  # the camera's clock restarted (stamp far behind its last one): windows start over
+
+def frame_header(frame: Frame) -> Header:
+    """The header of the image a frame came from (its stamp and optical frame)."""
+    return Header(stamp=time_from_ns(frame.stamp_ns), frame_id=frame.frame_id)
+
+
+def calibration_from_camera_info(info: CameraInfo) -> CameraCalibration:
+    roi = info.roi
+    return CameraCalibration(
+        width=int(info.width), height=int(info.height), k=np.asarray(info.k, dtype=np.float64).reshape(3, 3),
+        distortion_model=info.distortion_model, d=tuple(float(v) for v in info.d),
+        r=np.asarray(info.r, dtype=np.float64).reshape(3, 3), p=np.asarray(info.p, dtype=np.float64).reshape(3, 4),
+        binning=(int(info.binning_x), int(info.binning_y)),
+        roi=(int(roi.x_offset), int(roi.y_offset), int(roi.height), int(roi.width), bool(roi.do_rectify)))
+
+
+def camera_info_from_calibration(calibration: CameraCalibration, header: Header) -> CameraInfo:
+    info = CameraInfo(header=header, width=calibration.width, height=calibration.height,
+                      distortion_model=calibration.distortion_model)
+    info.d = list(calibration.d)
+    info.k = calibration.k.astype(np.float64).reshape(-1).tolist()
+    info.r = np.asarray(calibration.r, dtype=np.float64).reshape(-1).tolist()
+    info.p = calibration.projection().astype(np.float64).reshape(-1).tolist()
+    info.binning_x, info.binning_y = calibration.binning
+    x_offset, y_offset, height, width, do_rectify = calibration.roi
+    info.roi.x_offset, info.roi.y_offset, info.roi.height, info.roi.width = x_offset, y_offset, height, width
+    info.roi.do_rectify = do_rectify
+    return info
 
 
 MIN_IMAGE_SIDE = 32  # pixels; smaller images carry no usable geometry once scaled to the model's 518 px
@@ -65,6 +85,7 @@ class CameraInput:
         self._arrivals: deque[float] = deque()
         self._last_arrival: Optional[float] = None
         self._info_notes: set[tuple[int, int, int, int]] = set()  # (info w, h, image w, h) already said
+        self._calibration_cache: tuple = (None, (0, 0), None)  # (camera_info, image size, its calibration)
         self._lock = threading.Lock()
 
     def accept(self, msg: Image | CompressedImage, with_thumbnail: bool = False) -> Frame:
@@ -93,9 +114,19 @@ class CameraInput:
         with self._lock:
             self.last_stamp_ns = stamp
             self.clock_resets += int(clock_reset)
-        header = Header(stamp=msg.header.stamp, frame_id=frame_id)
-        return Frame(self.config.name, header, rgb, self._camera_info_for(rgb.shape[1], rgb.shape[0]), stamp,
+        return Frame(self.config.name, frame_id, stamp, rgb, self._calibration_for(rgb.shape[1], rgb.shape[0]),
                      thumbnail(rgb) if with_thumbnail else None, clock_reset)
+
+    def _calibration_for(self, width: int, height: int) -> Optional[CameraCalibration]:
+        """_camera_info_for as a CameraCalibration, converted once per camera_info message and image size."""
+        source = self.camera_info
+        cached_source, cached_size, calibration = self._calibration_cache
+        if source is not None and source is cached_source and cached_size == (width, height):
+            return calibration
+        info = self._camera_info_for(width, height)
+        calibration = None if info is None else calibration_from_camera_info(info)
+        self._calibration_cache = (source, (width, height), calibration)
+        return calibration
 
     def _camera_info_for(self, width: int, height: int) -> Optional[CameraInfo]:
         """The latest CameraInfo made to describe a width x height image, or None (the model's intrinsics).

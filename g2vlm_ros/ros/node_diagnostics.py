@@ -1,39 +1,68 @@
 """The perception node's /diagnostics content: model, inference, scale and one status per camera.
 
-Kept apart from the node so that what an operator sees in rqt_runtime_monitor is readable in one place.
+Kept apart from the node so that what an operator sees in rqt_runtime_monitor is readable in one place. It
+reads the pipeline's typed status and a NodeView of what only the ROS layer knows, never the node itself.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+from g2vlm_ros.pipeline.status import PipelineStatus
 from g2vlm_ros.pipeline.stream_health import camera_stalled, inference_stale, sync_failure
+from g2vlm_ros.ros.ask_handler import QuestionStats
+from g2vlm_ros.ros.camera_input import CameraInput
 from g2vlm_ros.ros.diagnostics import ERROR, WARN, StatusBuilder, gpu_memory
+from g2vlm_ros.ros.params import NodeConfig
+from g2vlm_ros.ros.tf_input import TfInput
 
 
-def node_statuses(node) -> list[StatusBuilder]:
-    """Statuses of a PerceptionNode (read without locks: counters are monotonic ints)."""
-    name, hardware_id = "g2vlm", node.get_fully_qualified_name()
-    return [_model(node, name, hardware_id), _inference(node, name, hardware_id),
-            _scale(node, name, hardware_id), _questions(node, name, hardware_id)] + _cameras(node, name, hardware_id)
+@dataclass(frozen=True)
+class NodeView:
+    """What diagnostics read of the node besides the pipeline's status."""
+
+    hardware_id: str  # the node's fully qualified name
+    state_label: str  # lifecycle state
+    model_error: str  # why no model is loaded ('' when one is)
+    uses_demo_model: bool
+    config: NodeConfig
+    inputs: Mapping[str, CameraInput]
+    questions: QuestionStats
+    tf_output_mode: str
+    tf_input: Optional[TfInput]
+    callback_errors: int
+    last_callback_error: str
+    sim_clock_problem: str
+    depth_images_received: Optional[int]  # with scale_source depth_topic, once configured
 
 
-def _questions(node, name: str, hardware_id: str) -> StatusBuilder:
-    handler = node.ask_handler
+def node_statuses(node: NodeView, pipeline: PipelineStatus) -> list[StatusBuilder]:
+    """Statuses of the node (read without locks: counters are monotonic ints)."""
+    name, hardware_id = "g2vlm", node.hardware_id
+    return [_model(node, pipeline, name, hardware_id), _inference(node, pipeline, name, hardware_id),
+            _scale(node, pipeline, name, hardware_id), _questions(node.questions, name, hardware_id)
+            ] + _cameras(node, name, hardware_id)
+
+
+def _questions(questions: QuestionStats, name: str, hardware_id: str) -> StatusBuilder:
     status = StatusBuilder(f"{name}: questions", hardware_id)
-    status.add("answerer", type(handler.answerer).__name__ if handler.answerer else "none")
-    status.add("answered", handler.answered).add("refused", handler.refused)
-    status.add("refused_busy", handler.busy).add("timed_out", handler.timed_out)
-    status.add("max_concurrent_questions", handler.max_concurrent)
+    status.add("answerer", questions.answerer)
+    status.add("answered", questions.answered).add("refused", questions.refused)
+    status.add("refused_busy", questions.busy).add("timed_out", questions.timed_out)
+    status.add("max_concurrent_questions", questions.max_concurrent)
     return status
 
 
-def _model(node, name: str, hardware_id: str) -> StatusBuilder:
+def _model(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str) -> StatusBuilder:
     model = StatusBuilder(f"{name}: model", hardware_id)
     model.add("lifecycle_state", node.state_label)
-    backend = node.backend
+    backend = pipeline.backend
     if backend is None:
-        model.set(ERROR, f"no model loaded: {node.backend_error}")
+        model.set(ERROR, f"no model loaded: {node.model_error}")
     else:
-        model.add("backend", backend.describe()).add("precision", backend.precision)
-        for key, value in backend.details().items():
+        model.add("backend", backend.description).add("precision", backend.precision)
+        for key, value in backend.details.items():
             model.add(key, value)
         if backend.is_placeholder:
             model.set(WARN, "test placeholder backend: outputs are not geometry")
@@ -46,37 +75,34 @@ def _model(node, name: str, hardware_id: str) -> StatusBuilder:
     return model
 
 
-def _inference(node, name: str, hardware_id: str) -> StatusBuilder:
+def _inference(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str) -> StatusBuilder:
     inference = StatusBuilder(f"{name}: inference", hardware_id)
     inference.add("lifecycle_state", node.state_label)
-    worker, assembler = node.worker, node.assembler
+    worker = pipeline.worker
     if worker is not None:
-        p50, p95 = worker.latency_percentiles_ms()
         inference.add("windows_submitted", worker.submitted).add("windows_processed", worker.processed)
         inference.add("windows_dropped", worker.dropped).add("windows_failed", worker.failed)
-        inference.add("latency_p50_ms", p50).add("latency_p95_ms", p95)
-    health = node.health
+        inference.add("latency_p50_ms", worker.latency_p50_ms).add("latency_p95_ms", worker.latency_p95_ms)
+    health = pipeline.health
     inference.add("consecutive_failures", health.consecutive_failures)
     inference.add("out_of_memory_events", health.out_of_memory_events)
-    inference.add("out_of_memory_policy", health.policy)
+    inference.add("out_of_memory_policy", health.out_of_memory_policy)
     inference.add("keyframe_limit", health.keyframe_limit if health.keyframe_limit is not None else "none")
     if health.last_error:
         inference.add("last_error", health.last_error)
-    condition = health.status()
-    if condition.level != "ok":
-        inference.set(ERROR if condition.level == "error" else WARN, condition.message)
-    inference.add("windows_rate_limited", node.windows_rate_limited)
-    if assembler is not None:
-        inference.add("window_size", assembler.policy.window_size)
-        stats = assembler.stats
+    if health.level != "ok":
+        inference.set(ERROR if health.level == "error" else WARN, health.message)
+    inference.add("windows_rate_limited", pipeline.windows_rate_limited)
+    stats = pipeline.assembly
+    if stats is not None:
+        inference.add("window_size", pipeline.window_size)
         inference.add("synchronized_sets", stats.sets_matched).add("keyframes", stats.keyframes)
         inference.add("frames_unmatched", stats.frames_unmatched).add("frames_out_of_order", stats.out_of_order)
         if node.config.odom_frame:
             inference.add("keyframe_motion_unknown", stats.motion_unknown)
-    snapshot = node.latest_snapshot()
-    if snapshot is not None:  # head | head_agreement (no confidence head: the two point heads compared) | none
-        inference.add("confidence_source", snapshot.result.confidence_source)
-    inference.add("tf_output", node.tf_output.mode)
+    if pipeline.confidence_source is not None:  # head | head_agreement (the two point heads compared) | none
+        inference.add("confidence_source", pipeline.confidence_source)
+    inference.add("tf_output", node.tf_output_mode)
     tf_input = node.tf_input
     if tf_input is not None:
         inference.add("tf_input", tf_input.mode)
@@ -85,26 +111,25 @@ def _inference(node, name: str, hardware_id: str) -> StatusBuilder:
             inference.set(ERROR, "another node publishes this node's TF frame(s): " + ", ".join(
                 f"'{child}' under '{parent}'" for child, parent in sorted(foreign.items())[:5])
                 + "; set frame_prefix / world_frame to names no other node uses")
-    guard = node.callback_guard
-    inference.add("callback_errors", guard.total)
-    if guard.last_error:
-        inference.add("last_callback_error", guard.last_error)
-    if node.sim_clock.problem:
-        inference.set(WARN, node.sim_clock.problem)
+    inference.add("callback_errors", node.callback_errors)
+    if node.last_callback_error:
+        inference.add("last_callback_error", node.last_callback_error)
+    if node.sim_clock_problem:
+        inference.set(WARN, node.sim_clock_problem)
     if node.state_label != "active":
         inference.set(WARN, f"node is {node.state_label}: no camera input is processed")
         return inference
-    _stream_problems(node, inference)
+    _stream_problems(node, pipeline, inference)
     return inference
 
 
-def _stream_problems(node, inference: StatusBuilder) -> None:
+def _stream_problems(node: NodeView, pipeline: PipelineStatus, inference: StatusBuilder) -> None:
     """Stale inference and unsynchronized cameras: conditions of time passing without an event."""
-    activity, config = node.activity, node.config
+    config = node.config
     ages = {camera: state.age_s() for camera, state in node.inputs.items()}
     skew = sync_failure({camera: state.last_stamp_ns for camera, state in node.inputs.items()}, ages,
-                        activity.since(activity.last_set_at), config.sync_slop_s, config.camera_timeout_s)
-    since_window = activity.since(activity.last_window_at)
+                        pipeline.seconds_since_last_set, config.sync_slop_s, config.camera_timeout_s)
+    since_window = pipeline.seconds_since_last_window
     if since_window is not None:
         inference.add("seconds_since_last_window", round(since_window, 2))
     if skew:
@@ -119,22 +144,21 @@ def _stream_problems(node, inference: StatusBuilder) -> None:
         inference.set(WARN, skew)
 
 
-def _scale(node, name: str, hardware_id: str) -> StatusBuilder:
+def _scale(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str) -> StatusBuilder:
     status = StatusBuilder(f"{name}: scale", hardware_id)
     source = node.config.scale_source
     status.add("scale_source", source)
-    scale_input = node.scale_input
-    if scale_input is None:
+    if not pipeline.loaded:
         status.add("units", "n/a (not configured)")
         return status
-    estimate = scale_input.tracker.latest
+    estimate = pipeline.scale
     status.add("units", "metres" if estimate.valid else "relative (up to scale)")
     status.add("metres_per_unit", estimate.metres_per_unit if estimate.valid else "none")
     status.add("residual_m", estimate.residual_m).add("samples", estimate.samples).add("age_s", estimate.age_s)
     status.add("fits", estimate.fits_total).add("failures", estimate.failures_total)
     status.add("status", estimate.status)
-    if source == "depth_topic":
-        status.add("depth_images_received", scale_input.depth_received)
+    if source == "depth_topic" and node.depth_images_received is not None:
+        status.add("depth_images_received", node.depth_images_received)
     if source == "none":
         status.set(status.level, "relative outputs (scale_source none)")
     elif not estimate.valid:
@@ -146,7 +170,7 @@ def _scale(node, name: str, hardware_id: str) -> StatusBuilder:
     return status
 
 
-def _cameras(node, name: str, hardware_id: str) -> list[StatusBuilder]:
+def _cameras(node: NodeView, name: str, hardware_id: str) -> list[StatusBuilder]:
     statuses = []
     for camera_name, state in node.inputs.items():
         camera = StatusBuilder(f"{name}: camera {camera_name}", hardware_id)

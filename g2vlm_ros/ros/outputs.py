@@ -1,4 +1,4 @@
-"""Turns a GeometryResult for one window into ROS messages and publishes them.
+"""Publishes a window's outputs (pipeline.postprocess.WindowOutputs) as ROS messages; builds messages only.
 
 Per camera (under the node's namespace, e.g. /g2vlm/<camera>/...), for its newest frame:
   depth_relative  32FC1, model units, when the window has no metric scale
@@ -14,56 +14,44 @@ path (nav_msgs/Path of the first camera's frames in time order) and /tf: world_f
 Per-camera messages carry the source image's stamp and optical frame; window messages the newest stamp.
 When a metric scale source has no scale for a window, only depth_relative and camera_info go out:
 points, poses and TF are withheld rather than published in unknown units.
+All publishers are lifecycle publishers, enabled only while the node is active: an inactive node publishes
+nothing, whatever a window in flight still delivers.
 """
 from __future__ import annotations
 
-import copy
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import torch
 from geometry_msgs.msg import PoseArray, PoseStamped
 from nav_msgs.msg import Path
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
-from g2vlm_ros.geometry.cloud import voxel_downsample
-from g2vlm_ros.geometry.pinhole import resize_nearest, scale_intrinsics
-from g2vlm_ros.ros.camera_input import Frame
+from g2vlm_ros.pipeline.postprocess import CameraOutput, OutputPolicy, WindowOutputs
+from g2vlm_ros.ros.camera_input import camera_info_from_calibration, frame_header, time_from_ns
 from g2vlm_ros.ros.conversions import numpy_to_image, pack_point_cloud
+from g2vlm_ros.ros.spin import EntityGate
 from g2vlm_ros.ros.tf_output import TfOutput, pose_from_matrix, transform_from_matrix
-from g2vlm_ros.runtime.backend import GeometryResult
 
 
 @dataclass(frozen=True)
-class OutputSettings:
+class FrameSettings:
+    """Where a window's outputs live in TF."""
+
     world_frame: str
-    metres_per_unit: Optional[float]  # None: no metric scale, outputs stay relative
-    cloud_stride: int
-    confidence_threshold: float
-    voxel_size: float = 0.0
-    withhold_geometry: bool = False  # a metric source without a scale for this window
+    frame_prefix: str = "g2vlm/"
     odom_frame: str = ""
     odom_from_world: Optional[np.ndarray] = None  # 4x4, with scale_source tf
-    frame_prefix: str = "g2vlm/"
 
 
-def output_settings(config, scale, odom_from_world: Optional[np.ndarray]) -> OutputSettings:
-    """A window's output settings from the node's configuration and the window's scale estimate."""
-    return OutputSettings(
-        world_frame=config.world_frame,
-        metres_per_unit=scale.metres_per_unit,
-        cloud_stride=config.cloud_stride,
-        confidence_threshold=config.confidence_threshold,
-        voxel_size=config.voxel_size,
-        withhold_geometry=scale.metric_expected and not scale.valid,
-        odom_frame=config.odom_frame,
-        odom_from_world=odom_from_world,
-        frame_prefix=config.frame_prefix,
-    )
+def output_policy(config, metres_per_unit: Optional[float], withhold_geometry: bool = False) -> OutputPolicy:
+    """The pipeline's output policy from the node's configuration (for tools that post-process themselves)."""
+    return OutputPolicy(metres_per_unit, config.cloud_stride, config.confidence_threshold, config.voxel_size,
+                        withhold_geometry)
 
 
 def optical_frame(camera: str, prefix: str) -> str:
@@ -73,13 +61,13 @@ def optical_frame(camera: str, prefix: str) -> str:
 
 
 class CameraPublishers:
-    def __init__(self, node: Node, camera: str, metric: bool, qos: QoSProfile):
-        self.depth_relative = node.create_publisher(Image, f"~/{camera}/depth_relative", qos)
+    def __init__(self, node: LifecycleNode, camera: str, metric: bool, qos: QoSProfile):
+        self.depth_relative = node.create_lifecycle_publisher(Image, f"~/{camera}/depth_relative", qos)
         # the metres topic exists only when a metric source is configured
-        self.depth = node.create_publisher(Image, f"~/{camera}/depth", qos) if metric else None
+        self.depth = node.create_lifecycle_publisher(Image, f"~/{camera}/depth", qos) if metric else None
         self.confidence = None  # created with the first confidence map: checkpoints without one never have it
-        self.camera_info = node.create_publisher(CameraInfo, f"~/{camera}/camera_info", qos)
-        self.pose = node.create_publisher(PoseStamped, f"~/{camera}/pose", qos)
+        self.camera_info = node.create_lifecycle_publisher(CameraInfo, f"~/{camera}/camera_info", qos)
+        self.pose = node.create_lifecycle_publisher(PoseStamped, f"~/{camera}/pose", qos)
         self.camera = camera
 
     def all(self) -> list:
@@ -98,41 +86,55 @@ def pinhole_camera_info(header: Header, intrinsics: np.ndarray, width: int, heig
 
 
 class GeometryPublisher:
-    """Owns the output publishers and converts results to messages."""
+    """Owns the output publishers (lifecycle publishers: enabled by set_active) and converts outputs to messages.
 
-    def __init__(self, node: Node, cameras: list[str], metric: bool, qos: QoSProfile, tf_output: TfOutput):
+    The node's transitions enable and disable them here, not through rclpy's managed-entity walk, because the
+    confidence publisher is created on the inference thread when the first confidence map arrives."""
+
+    def __init__(self, node: LifecycleNode, cameras: list[str], metric: bool, qos: QoSProfile, tf_output: TfOutput,
+                 gate: Optional[EntityGate] = None):
         self.node, self.qos = node, qos
+        self._gate = gate or EntityGate()  # the node's: a publisher created while the executor spins
+        self._lock = threading.Lock()  # publisher set and enabled state
+        self._active = False
         self.cameras = {name: CameraPublishers(node, name, metric, qos) for name in cameras}
-        self.first_camera = cameras[0]
-        self.points = node.create_publisher(PointCloud2, "~/points", qos)
-        self.poses = node.create_publisher(PoseArray, "~/poses", qos)
-        self.path = node.create_publisher(Path, "~/path", qos)
+        self.points = node.create_lifecycle_publisher(PointCloud2, "~/points", qos)
+        self.poses = node.create_lifecycle_publisher(PoseArray, "~/poses", qos)
+        self.path = node.create_lifecycle_publisher(Path, "~/path", qos)
         self.tf_output = tf_output
 
-    def destroy(self) -> None:
-        for publisher in [self.points, self.poses, self.path] + [
-                p for camera in self.cameras.values() for p in camera.all()]:
-            self.node.destroy_publisher(publisher)
-        self.cameras.clear()
+    def _publishers(self) -> list:
+        return [self.points, self.poses, self.path] + [p for camera in self.cameras.values() for p in camera.all()]
 
-    def publish(self, frames: list[Frame], result: GeometryResult, settings: OutputSettings) -> None:
-        newest: dict[str, int] = {}
-        for index, frame in enumerate(frames):
-            if frame.camera not in newest or frame.stamp_ns >= frames[newest[frame.camera]].stamp_ns:
-                newest[frame.camera] = index
-        scale = settings.metres_per_unit or 1.0
-        poses = result.camera_to_world.detach().double().cpu().numpy()
-        poses[:, :3, 3] *= scale
-        for index in newest.values():
-            self._publish_camera(frames[index], result, index, scale, poses[index], settings)
-        if settings.withhold_geometry:
+    def set_active(self, active: bool) -> None:
+        with self._lock:
+            self._active = active
+            for publisher in self._publishers():
+                (publisher.on_activate if active else publisher.on_deactivate)(None)
+
+    def destroy(self) -> None:
+        with self._lock:
+            self._active = False
+            for publisher in self._publishers():
+                self.node.destroy_lifecycle_publisher(publisher)
+            self.cameras.clear()
+
+    def publish(self, outputs: WindowOutputs, settings: FrameSettings) -> None:
+        if not self._active:
+            return  # TF is not a lifecycle publisher: an inactive node sends none either
+        frames = outputs.frames
+        for camera in outputs.cameras:
+            self._publish_camera(camera, outputs, settings)
+        if outputs.withhold_geometry:
             return
-        newest_stamp = frames[max(newest.values(), key=lambda i: frames[i].stamp_ns)].header.stamp
+        newest_stamp = time_from_ns(outputs.newest_stamp_ns)
         world_header = Header(stamp=newest_stamp, frame_id=settings.world_frame)
+        poses = outputs.camera_to_world
         transforms = [
-            transform_from_matrix(poses[index], Header(stamp=frames[index].header.stamp, frame_id=settings.world_frame),
-                                  optical_frame(frames[index].camera, settings.frame_prefix))
-            for index in newest.values()
+            transform_from_matrix(camera.camera_to_world,
+                                  Header(stamp=time_from_ns(camera.frame.stamp_ns), frame_id=settings.world_frame),
+                                  optical_frame(camera.frame.camera, settings.frame_prefix))
+            for camera in outputs.cameras
         ]
         if settings.odom_from_world is not None:
             transforms.append(transform_from_matrix(
@@ -140,55 +142,35 @@ class GeometryPublisher:
                 settings.world_frame))
         self.tf_output.send(transforms)
         self.poses.publish(PoseArray(header=world_header, poses=[pose_from_matrix(pose) for pose in poses]))
-        path = sorted((i for i, frame in enumerate(frames) if frame.camera == self.first_camera),
-                      key=lambda i: frames[i].stamp_ns)
         self.path.publish(Path(header=world_header, poses=[
-            PoseStamped(header=Header(stamp=frames[i].header.stamp, frame_id=settings.world_frame),
-                        pose=pose_from_matrix(poses[i])) for i in path]))
-        self.points.publish(self._cloud(result, scale, settings, world_header))
+            PoseStamped(header=Header(stamp=time_from_ns(frames[i].stamp_ns), frame_id=settings.world_frame),
+                        pose=pose_from_matrix(poses[i])) for i in outputs.path]))
+        cloud = outputs.cloud
+        self.points.publish(pack_point_cloud(cloud.points, cloud.colors, cloud.confidence, world_header))
 
-    def _publish_camera(self, frame: Frame, result: GeometryResult, index: int, scale: float,
-                        camera_to_world: np.ndarray, settings: OutputSettings) -> None:
-        publishers = self.cameras[frame.camera]
-        height, width = frame.rgb.shape[:2]
-        # resampled on the result's device (the GPU for GPU backends); only the final image moves
-        depth = result.depth[index].float() * scale
-        depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.nan)  # REP 118: invalid is NaN
-        depth = resize_nearest(depth, width, height).cpu().numpy()
-        metric = settings.metres_per_unit is not None
-        (publishers.depth if metric else publishers.depth_relative).publish(
-            numpy_to_image(depth, "32FC1", frame.header))
-        if result.confidence is not None:
-            if publishers.confidence is None:
-                publishers.confidence = self.node.create_publisher(Image, f"~/{frame.camera}/confidence", self.qos)
-            confidence = resize_nearest(result.confidence[index].float(), width, height).cpu().numpy()
-            publishers.confidence.publish(numpy_to_image(confidence, "32FC1", frame.header))
-        if frame.camera_info is not None:
-            info = copy.deepcopy(frame.camera_info)
-            info.header = frame.header
-        else:
-            k = scale_intrinsics(result.intrinsics[index].double().cpu().numpy(), result.size, (width, height))
-            info = pinhole_camera_info(frame.header, k, width, height)
-        publishers.camera_info.publish(info)
-        if not settings.withhold_geometry:
+    def _publish_camera(self, camera: CameraOutput, outputs: WindowOutputs, settings: FrameSettings) -> None:
+        publishers = self.cameras[camera.frame.camera]
+        header = frame_header(camera.frame)
+        (publishers.depth if outputs.metric else publishers.depth_relative).publish(
+            numpy_to_image(camera.depth, "32FC1", header))
+        if camera.confidence is not None:
+            self._confidence_publisher(publishers).publish(numpy_to_image(camera.confidence, "32FC1", header))
+        calibration = camera.frame.calibration
+        width, height = camera.frame.size
+        publishers.camera_info.publish(camera_info_from_calibration(calibration, header) if calibration is not None
+                                       else pinhole_camera_info(header, camera.model_intrinsics, width, height))
+        if not outputs.withhold_geometry:
             publishers.pose.publish(PoseStamped(
-                header=Header(stamp=frame.header.stamp, frame_id=settings.world_frame),
-                pose=pose_from_matrix(camera_to_world)))
+                header=Header(stamp=header.stamp, frame_id=settings.world_frame),
+                pose=pose_from_matrix(camera.camera_to_world)))
 
-    @staticmethod
-    def _cloud(result: GeometryResult, scale: float, settings: OutputSettings, header: Header) -> PointCloud2:
-        """Every view's points, selected and downsampled on the result's device; only the cloud moves."""
-        stride = settings.cloud_stride
-        points = result.world_points[:, ::stride, ::stride].reshape(-1, 3).float() * scale
-        colors = result.colors[:, ::stride, ::stride].reshape(-1, 3)
-        keep = torch.isfinite(points).all(dim=1)
-        confidence = None
-        if result.confidence is not None:
-            confidence = result.confidence[:, ::stride, ::stride].reshape(-1).float()
-            keep &= confidence >= settings.confidence_threshold
-            confidence = confidence[keep]
-        points, colors = points[keep], colors[keep]
-        if settings.voxel_size > 0:
-            points, colors, confidence = voxel_downsample(points, colors, confidence, settings.voxel_size)
-        return pack_point_cloud(points.cpu().numpy(), colors.cpu().numpy(),
-                                None if confidence is None else confidence.cpu().numpy(), header)
+    def _confidence_publisher(self, publishers: CameraPublishers):
+        if publishers.confidence is not None:
+            return publishers.confidence
+        with self._gate.changing_entities(), self._lock:  # always gate, then lock: the order transitions take
+            if publishers.confidence is None:
+                publishers.confidence = self.node.create_lifecycle_publisher(
+                    Image, f"~/{publishers.camera}/confidence", self.qos)
+                if self._active:
+                    publishers.confidence.on_activate(None)
+            return publishers.confidence

@@ -16,6 +16,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from g2vlm_ros.pipeline.inference_health import OUT_OF_MEMORY_POLICIES
+from g2vlm_ros.pipeline.perception import PipelineSettings
 from g2vlm_ros.pipeline.windowing import WindowPolicy
 from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
 
@@ -241,6 +242,16 @@ def window_policy(config: NodeConfig) -> WindowPolicy:
         keyframe_min_rotation_deg=config.keyframe_min_rotation_deg,
         keyframe_min_image_change=config.keyframe_min_image_change,
     )
+
+
+def pipeline_settings(config: NodeConfig) -> PipelineSettings:
+    """The pipeline's settings from the node's parameters (at start and after runtime changes)."""
+    return PipelineSettings(
+        cameras=tuple(camera.name for camera in config.cameras), window=window_policy(config),
+        max_rate_hz=config.max_rate_hz, out_of_memory_policy=config.out_of_memory_policy,
+        scale_source=config.scale_source, fixed_scale=config.fixed_scale, scale_max_age_s=config.scale_max_age_s,
+        cloud_stride=config.cloud_stride, confidence_threshold=config.confidence_threshold,
+        voxel_size=config.voxel_size)
 
 
 def _declare(node: Node, spec: ParamSpec) -> Any:

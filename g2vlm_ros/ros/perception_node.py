@@ -8,18 +8,15 @@ A managed (lifecycle) node:
   cleanup     releases the model and its GPU memory
 With `autostart` (the default) it configures and activates itself, for plain `ros2 run` use.
 
-Threads: the executor handles subscriptions, services and timers; inference runs on its own
-worker thread with a single pending slot (newest window wins, never a queue), so a slow model
-cannot delay message handling, lifecycle transitions or the /g2vlm/ask service.
+The node translates: camera messages become pipeline Frames, the pipeline (g2vlm_ros.pipeline, ROS-free)
+assembles windows and runs the model on its own worker thread, and its results come back through a
+callback that builds the output messages. A slow model cannot delay message handling, lifecycle
+transitions or the /g2vlm/ask service.
 """
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import threading
-import time
-from dataclasses import dataclass
 from typing import Optional
 
 import rclpy
@@ -33,28 +30,31 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
-from g2vlm_ros.pipeline.inference_health import InferenceHealth, release_cached_memory, run_window
-from g2vlm_ros.pipeline.rate_limiter import RateLimiter
-from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
-from g2vlm_ros.pipeline.stream_health import Activity
-from g2vlm_ros.pipeline.windowing import Window, WindowAssembler
-from g2vlm_ros.pipeline.worker import LatestOnlyWorker
+from g2vlm_ros.pipeline.frame import Frame
+from g2vlm_ros.pipeline.perception import PerceptionPipeline, Snapshot
+from g2vlm_ros.pipeline.postprocess import WindowOutputs
 from g2vlm_ros.reasoning.generative import GenerativeAnswerer
 from g2vlm_ros.reasoning.geometric import GeometricAnswerer
 from g2vlm_ros.ros.ask_action import AskActionServer
 from g2vlm_ros.ros.ask_handler import AskHandler, internal_error_response
-from g2vlm_ros.ros.camera_input import CameraInput, Frame
+from g2vlm_ros.ros.camera_input import CameraInput
 from g2vlm_ros.ros.conversions import ImageConversionError
 from g2vlm_ros.ros.diagnostics import diagnostic_array
-from g2vlm_ros.ros.node_diagnostics import node_statuses
-from g2vlm_ros.ros.outputs import GeometryPublisher, optical_frame, output_settings
-from g2vlm_ros.ros.params import ConfigError, NodeConfig, declare_and_read, make_set_parameters_callback, window_policy
+from g2vlm_ros.ros.node_diagnostics import NodeView, node_statuses
+from g2vlm_ros.ros.outputs import FrameSettings, GeometryPublisher, optical_frame
+from g2vlm_ros.ros.params import (
+    ConfigError,
+    NodeConfig,
+    declare_and_read,
+    make_set_parameters_callback,
+    pipeline_settings,
+)
 from g2vlm_ros.ros.scale_input import ScaleInput, scale_message
 from g2vlm_ros.ros.sim_clock import SimClockWatch
-from g2vlm_ros.ros.spin import CallbackGuard, EntityGate, LogThrottle, spin_and_tear_down
+from g2vlm_ros.ros.spin import CallbackGuard, EntityGate, LogThrottle, end_process, spin_and_tear_down
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
-from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
+from g2vlm_ros.runtime.backend import GeometryBackend
 from g2vlm_ros.runtime.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend
 
 NODE_NAME = "g2vlm"
@@ -67,15 +67,6 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 INFERENCE_STOP_TIMEOUT_S = 120.0  # cleanup waits this long for a window in flight (large models on CPUs)
 EXIT_WAIT_S = 1.0  # process exit waits this long for it: Ctrl-C under launch must end well before SIGTERM
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-
-
-@dataclass
-class Snapshot:
-    """The latest completed window and its geometry, as read by /g2vlm/ask."""
-
-    window: Window[Frame]
-    result: GeometryResult
-    scale: ScaleEstimate
 
 
 class PerceptionNode(LifecycleNode):
@@ -91,26 +82,16 @@ class PerceptionNode(LifecycleNode):
         self.callback_guard = CallbackGuard(self.get_logger())
         self.entity_gate = EntityGate()
         self.state_label = "unconfigured"
-        self.backend: Optional[GeometryBackend] = None
-        self.backend_error = "not configured yet"
+        self.backend_error = "not configured yet"  # why no model is loaded
         self.uses_demo_model = False  # set at configure: no checkpoint_path, the embedded demo model runs
-        self.window_abandoned = False  # teardown at exit left a window in the model
-        self.windows_rate_limited = 0
-        self._active = False
         self._input_log = LogThrottle()
-        self._snapshot: Optional[Snapshot] = None
-        self._snapshot_lock = threading.Lock()
-        self._window_lock = threading.Lock()
         self._transition_lock = threading.Lock()
-        self._rate_limiter = RateLimiter(self.config.max_rate_hz)
         self._camera_subscriptions: list = []
         self._inputs_group = MutuallyExclusiveCallbackGroup()
         self.inputs = {camera.name: CameraInput(camera, self.get_logger().warning) for camera in self.config.cameras}
-        self.activity = Activity()  # when cameras, synchronization and inference last showed life
+        self.pipeline = PerceptionPipeline(pipeline_settings(self.config), self._publish_window, self.get_logger(),
+                                           shutting_down=lambda: not self.context.ok())
         # created by configure, released by cleanup
-        self.worker: Optional[LatestOnlyWorker[Window[Frame]]] = None
-        self.health = InferenceHealth(self.config.out_of_memory_policy)  # fresh (limits forgotten) at configure
-        self.assembler: Optional[WindowAssembler[Frame]] = None
         self.geometry_publisher: Optional[GeometryPublisher] = None
         self.scale_input: Optional[ScaleInput] = None
         self.scale_publisher = None
@@ -124,7 +105,8 @@ class PerceptionNode(LifecycleNode):
         if self.config.publish_tf and not self.tf_output.active:
             self.get_logger().warning(f"TF output {self.tf_output.mode}")
         # questions run beside perception: their own callback group, their own answer threads
-        self.ask_handler = AskHandler(self, GeometricAnswerer(), self.config.max_concurrent_questions)
+        self.ask_handler = AskHandler(self, self.config, self.get_logger(), GeometricAnswerer(),
+                                      self.config.max_concurrent_questions)
         ask_group = ReentrantCallbackGroup()
         # a deep request queue: a burst of questions must reach the node and get an answer or a "busy"
         # reply; with the default depth of 10 DDS silently drops the excess and clients wait forever
@@ -161,7 +143,6 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().error(f"configure failed: no model loaded, no geometry will be published: "
                                         f"{self.backend_error}")
                 return FAILURE
-            self.backend, self.backend_error = backend, ""
             self.uses_demo_model = request.uses_demo_model
             self.get_logger().info(f"backend ready: {backend.describe()}")
             if self.uses_demo_model:
@@ -173,14 +154,14 @@ class PerceptionNode(LifecycleNode):
                     "and points are synthetic and must not be used by a robot")
             problem = self._create_outputs_and_inputs()
             if problem:
+                backend.close()
                 self._release()
                 self.backend_error = problem
                 self.get_logger().error(f"configure failed: {problem}")
                 return FAILURE
-            self.assembler = WindowAssembler(self.camera_names, window_policy(self.config),
-                                             motion=self._first_camera_motion if config.odom_frame else None)
-            self.health = InferenceHealth(config.out_of_memory_policy)
-            self.worker = LatestOnlyWorker(self._infer, self._on_inference_error)
+            self.pipeline.load(backend, motion=self._first_camera_motion if config.odom_frame else None,
+                               scale_measurement=self.scale_input)
+            self.backend_error = ""
             self.state_label = "inactive"
             return SUCCESS
 
@@ -200,10 +181,11 @@ class PerceptionNode(LifecycleNode):
             return taken
         with self.entity_gate.changing_entities():
             self.geometry_publisher = GeometryPublisher(self, self.camera_names, config.scale_source != "none",
-                                                        self.output_qos, self.tf_output)
+                                                        self.output_qos, self.tf_output, self.entity_gate)
             self.scale_input = ScaleInput(self, config, self.camera_names, self.tf_input, self.input_qos,
                                           callback_group=self._inputs_group)
-            self.scale_publisher = self.create_publisher(MetricScale, "~/scale", self.output_qos)
+            # lifecycle publishers: enabled only while active, so an inactive node publishes nothing
+            self.scale_publisher = self.create_lifecycle_publisher(MetricScale, "~/scale", self.output_qos)
         return ""
 
     def _output_frames_taken(self) -> str:
@@ -238,20 +220,20 @@ class PerceptionNode(LifecycleNode):
                         guard.wrap(f"camera '{camera.name}' camera_info",
                                    lambda msg, c=camera_input: self._on_camera_info(c, msg)),
                         self.input_qos, callback_group=self._inputs_group))
-            self.activity.activated()
-            self._active = True
+            self.geometry_publisher.set_active(True)
+            self.scale_publisher.on_activate(state)
+            self.pipeline.activate()
             self.state_label = "active"
             self.get_logger().info("activated: listening to " + ", ".join(c.image_topic for c in self.config.cameras))
             return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock:
-            self._active = False
-            self.activity.deactivated()
+            self.pipeline.deactivate()
+            with self.entity_gate.changing_entities():
+                self.geometry_publisher.set_active(False)
+                self.scale_publisher.on_deactivate(state)
             self._unsubscribe()
-            with self._window_lock:
-                if self.assembler is not None:
-                    self.assembler.reset()
             self.state_label = "inactive"
             self.get_logger().info("deactivated: camera input stopped")
             return SUCCESS
@@ -266,7 +248,7 @@ class PerceptionNode(LifecycleNode):
             return SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
+        self.pipeline.deactivate()
         with self._transition_lock:
             self._unsubscribe()
             self._release()
@@ -285,34 +267,23 @@ class PerceptionNode(LifecycleNode):
             self._camera_subscriptions.clear()
 
     def _release(self, exiting: bool = False) -> None:
-        """Stops inference and frees the model; safe to call in any state, twice. `exiting`: the process ends,
-        so a window in flight is not waited for and memory is not handed back (the process exit does both)."""
-        self._active = False
-        self.activity.deactivated()
-        if self.worker is not None:
-            # at exit a long window is abandoned: main() then ends the process without finalizing the interpreter
-            self.window_abandoned = not self.worker.stop(EXIT_WAIT_S if exiting else INFERENCE_STOP_TIMEOUT_S)
-            self.worker = None
-        if self.backend is not None and not exiting:  # at exit a window in flight may still use it
-            self.backend.close()
-        self.backend = None
+        """Stops inference, frees the model and the outputs; safe to call in any state, twice. `exiting`: the
+        process ends, so a window in flight is waited for only EXIT_WAIT_S (then main() ends the process
+        without finalizing the interpreter under it)."""
+        if not self.pipeline.unload(EXIT_WAIT_S if exiting else INFERENCE_STOP_TIMEOUT_S, exiting=exiting):
+            self.get_logger().warning("a window was still in the model when inference stopped: left to finish "
+                                      "on its own" if not exiting else "exiting with a window still in the model")
         with self.entity_gate.changing_entities():
             for owner in (self.geometry_publisher, self.scale_input):
                 if owner is not None:
                     owner.destroy()
             self.geometry_publisher = self.scale_input = None
             if self.scale_publisher is not None:
-                self.destroy_publisher(self.scale_publisher)
+                self.destroy_lifecycle_publisher(self.scale_publisher)
                 self.scale_publisher = None
             if self.tf_input is not None:
                 self.tf_input.destroy()
                 self.tf_input = None
-        self.assembler = None
-        with self._snapshot_lock:
-            self._snapshot = None
-        if not exiting:
-            gc.collect()  # the model may sit in reference cycles; free it before emptying the cache
-            release_cached_memory()  # so that other processes see the memory free
 
     def _answerer_for(self, backend: GeometryBackend):
         """The semantic expert answers when the backend holds a model with a tokenizer; else the geometric one."""
@@ -333,18 +304,10 @@ class PerceptionNode(LifecycleNode):
             self.trigger_activate()
 
     def _on_parameters_changed(self) -> None:
-        self._rate_limiter.set_rate(self.config.max_rate_hz)
-        scale_input = self.scale_input
-        if scale_input is not None:
-            scale_input.tracker.fixed_scale = self.config.fixed_scale
-            scale_input.tracker.max_age_s = self.config.scale_max_age_s
-        self.health.policy = self.config.out_of_memory_policy
+        self.pipeline.update(pipeline_settings(self.config))
         answerer = self.ask_handler.answerer
         if isinstance(answerer, GenerativeAnswerer):
             answerer.max_new_tokens = self.config.max_answer_tokens
-        with self._window_lock:
-            if self.assembler is not None:
-                self.assembler.policy = window_policy(self.config)
 
     def _first_camera_motion(self, previous: list[Frame], candidate: list[Frame]) -> Optional[tuple[float, float]]:
         tf_input = self.tf_input
@@ -361,82 +324,36 @@ class PerceptionNode(LifecycleNode):
             self._log_bad_input(state.config.name, problem)
 
     def _on_image(self, state: CameraInput, msg) -> None:
-        if not self._active:
+        if not self.pipeline.active:
             return
         try:
             frame = state.accept(msg, with_thumbnail=self.config.keyframe_min_image_change > 0)
         except ImageConversionError as error:
             self._log_bad_input(state.config.name, str(error))
             return
-        with self._window_lock:
-            if self.assembler is None:
-                return
-            if frame.clock_reset:
-                self.assembler.reset()
-                self.get_logger().warning(
-                    f"camera '{state.config.name}': stamps jumped back to {frame.stamp_ns / 1e9:.3f} s (a restarted "
-                    "clock: looping bag, driver restart, simulator reset); windows and keyframes start over")
-            sets_before = self.assembler.stats.sets_matched
-            self.assembler.add(frame)
-            window = self.assembler.poll()
-            if self.assembler.stats.sets_matched != sets_before:
-                self.activity.set_matched()
-            if window is None:
-                return
-            if not self._rate_limiter.admit(time.monotonic()):
-                self.windows_rate_limited += 1
-                return
-        worker = self.worker
-        if worker is not None:
-            worker.submit(window)
+        self.pipeline.add_frame(frame)
 
-    # ---------------------------------------------------------------- inference (worker thread)
-    def _infer(self, window: Window[Frame]) -> None:
-        backend = self.backend
-        if backend is None or not self._active:
-            return
-        health = self.health
-        window, result = run_window(backend, window, health, self._on_out_of_memory)
-        result.validate()
-        if result.num_views != len(window.frames):
-            raise ValueError(f"backend returned {result.num_views} views for {len(window.frames)} images")
-        scale_input, publisher = self.scale_input, self.geometry_publisher
-        if not self._active or scale_input is None or publisher is None:
-            return  # deactivated while the model ran: publish nothing
-        scale = scale_input.measure(window.frames, result)
-        with self._snapshot_lock:  # before publishing: a client that saw the outputs can ask about them at once
-            self._snapshot = Snapshot(window, result, scale)
-        publisher.publish(window.frames, result, output_settings(
-            self.config, scale, scale_input.odom_from_world(window.frames, result, scale.metres_per_unit)
-            if scale.valid and self.config.scale_source == "tf" else None))
-        scale_publisher = self.scale_publisher
-        if scale_publisher is not None:
-            scale_publisher.publish(scale_message(window.frames, scale, self.config.world_frame))
-        health.record_success()
-        self.activity.window_completed()
-
-    def _on_out_of_memory(self, window: Window[Frame], smaller: Window[Frame], reason: str) -> None:
-        self.get_logger().warning(
-            f"out of memory on a window of {len(window.frames)} views ({reason}); retrying with "
-            f"{len(smaller.frames)} and keeping at most {smaller.keyframes} keyframe(s) per camera")
-
-    def _on_inference_error(self, window: Window[Frame], error: BaseException) -> None:
-        if not self.context.ok():
-            return  # Ctrl-C shut the context down while a window was in flight: nothing failed
-        self.health.record_failure(error)
-        self.get_logger().error(f"inference failed on a window of {len(window.frames)} frames: "
-                                f"{type(error).__name__}: {error}", throttle_duration_sec=LOG_THROTTLE_S)
-
+    # ---------------------------------------------------------------- results (pipeline's worker thread)
+    def _publish_window(self, snapshot: Snapshot, outputs: WindowOutputs) -> None:
+        scale_input, publisher, scale_publisher = self.scale_input, self.geometry_publisher, self.scale_publisher
+        if scale_input is None or publisher is None or scale_publisher is None:
+            return  # released while the model ran
+        config, frames, scale = self.config, snapshot.window.frames, snapshot.scale
+        odom_from_world = None
+        if scale.valid and config.scale_source == "tf":
+            odom_from_world = scale_input.odom_from_world(frames, snapshot.result, scale.metres_per_unit)
+        publisher.publish(outputs, FrameSettings(config.world_frame, config.frame_prefix, config.odom_frame,
+                                                 odom_from_world))
+        scale_publisher.publish(scale_message(frames, scale, config.world_frame))
 
     # ---------------------------------------------------------------- /g2vlm/ask
     def latest_snapshot(self) -> Optional[Snapshot]:
-        with self._snapshot_lock:
-            return self._snapshot
+        return self.pipeline.latest_snapshot()
 
     def not_ready_reason(self) -> str:
-        if self.backend is None:
+        if self.pipeline.backend is None:
             return f" (no model loaded: {self.backend_error})"
-        if not self._active:
+        if not self.pipeline.active:
             todo = "activate it" if self.state_label == "inactive" else "configure and activate it"
             return f" (node is {self.state_label}: {todo})"
         return ""
@@ -444,12 +361,22 @@ class PerceptionNode(LifecycleNode):
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         try:
-            statuses = node_statuses(self)
+            statuses = node_statuses(self._node_view(), self.pipeline.status())
         except Exception as error:  # a diagnostics bug must not stop the executor, and with it the node
             self.get_logger().error(f"diagnostics failed: {type(error).__name__}: {error}",
                                     throttle_duration_sec=LOG_THROTTLE_S)
             return
         self.diagnostics_publisher.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
+
+    def _node_view(self) -> NodeView:
+        guard, scale_input = self.callback_guard, self.scale_input
+        return NodeView(
+            hardware_id=self.get_fully_qualified_name(), state_label=self.state_label, model_error=self.backend_error,
+            uses_demo_model=self.uses_demo_model, config=self.config, inputs=self.inputs,
+            questions=self.ask_handler.stats(), tf_output_mode=self.tf_output.mode, tf_input=self.tf_input,
+            callback_errors=guard.total, last_callback_error=guard.last_error,
+            sim_clock_problem=self.sim_clock.problem,
+            depth_images_received=None if scale_input is None else scale_input.depth_received)
 
     def destroy_node(self) -> None:
         # getattr: also called by rclpy's shutdown on a node whose __init__ failed half-way
@@ -474,18 +401,16 @@ def main(args: Optional[list[str]] = None) -> int:
 
     def start() -> None:  # a task of the executor: configure then sees TF arriving, as it does when asked later
         node.autostart()
+        backend = node.pipeline.backend
         node.get_logger().info(
             f"ready: state {node.state_label}, cameras {node.camera_names}, backend "
-            f"{node.backend.describe() if node.backend else 'none'}, scale {node.config.scale_source}, "
+            f"{backend.describe() if backend else 'none'}, scale {node.config.scale_source}, "
             f"world frame '{node.config.world_frame}'")
 
     spin_and_tear_down(executor, node, node.entity_gate, node.callback_guard, start)
-    if node.window_abandoned:
-        # the model thread is still inside the backend: finalizing the interpreter under it can abort the process
-        # (native thread pools torn down while in use), so end here; every ROS entity is already destroyed
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    # every ROS entity is destroyed: end here, not in interpreter finalization (see end_process), which could wait
+    # for a callback, a model thread still in a window or DDS teardown
+    end_process(0)
     return 0
 
 

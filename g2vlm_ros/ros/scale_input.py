@@ -7,13 +7,12 @@
   depth_topic  predicted depth of one camera vs a metric depth image of the same pixels (nearest in time)
 
 The geometry is in g2vlm_ros.geometry.scale, the hold/expiry policy in pipeline.scale_tracker; this
-module gathers the measurements from ROS (TF, the depth topic) and hands back a ScaleEstimate.
+module gathers the measurements from ROS (TF, the depth topic) and hands the pipeline a ScaleFit.
 """
 from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from typing import Optional
 
@@ -32,8 +31,9 @@ from g2vlm_ros.geometry.scale import (
     scale_from_trajectories,
 )
 from g2vlm_ros.geometry.tf_buffer import TransformUnavailable
-from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate, ScaleTracker
-from g2vlm_ros.ros.camera_input import Frame, stamp_ns
+from g2vlm_ros.pipeline.frame import Frame, newest_index
+from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
+from g2vlm_ros.ros.camera_input import stamp_ns, time_from_ns
 from g2vlm_ros.ros.conversions import ImageConversionError, depth_image_to_metres
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.runtime.backend import GeometryResult
@@ -44,26 +44,22 @@ DEPTH_HISTORY = 30  # depth images kept for matching by stamp (1 s at 30 Hz)
 def scale_message(frames: list[Frame], scale: ScaleEstimate, world_frame: str) -> MetricScale:
     """~/scale for a window: stamped with its newest frame; metres_per_unit NaN while no scale is valid."""
     newest = max(frames, key=lambda frame: frame.stamp_ns)
-    return MetricScale(header=Header(stamp=newest.header.stamp, frame_id=world_frame),
+    return MetricScale(header=Header(stamp=time_from_ns(newest.stamp_ns), frame_id=world_frame),
                        source=scale.source, valid=scale.valid,
                        metres_per_unit=scale.metres_per_unit if scale.valid else math.nan,
                        residual_m=scale.residual_m, samples=scale.samples, age_s=scale.age_s,
                        fits_total=scale.fits_total, failures_total=scale.failures_total, status=scale.status)
 
 
-def newest_index(frames: list[Frame], camera: str) -> int:
-    """Index of `camera`'s newest frame in a window's frame list."""
-    return max((i for i, frame in enumerate(frames) if frame.camera == camera), key=lambda i: frames[i].stamp_ns)
-
-
 class ScaleInput:
+    """The pipeline's ScaleMeasurement from ROS data: TF poses, a rig's TF baseline or a metric depth topic."""
+
     def __init__(self, node: Node, config, cameras: list[str], tf_input: Optional[TfInput], qos,
                  callback_group=None):
         self.node = node
         self.config = config
         self.cameras = cameras
         self.tf_input = tf_input
-        self.tracker = ScaleTracker(config.scale_source, config.fixed_scale, config.scale_max_age_s)
         self._depth_images: deque[tuple[int, Image]] = deque(maxlen=DEPTH_HISTORY)
         self._depth_lock = threading.Lock()
         self.depth_received = 0
@@ -82,18 +78,12 @@ class ScaleInput:
             self.depth_received += 1
             self._depth_images.append((stamp_ns(msg.header.stamp), msg))
 
-    def measure(self, frames: list[Frame], result: GeometryResult) -> ScaleEstimate:
-        """The scale that applies to this window (see ScaleTracker for holding and expiry)."""
-        tracker = self.tracker
-        tracker.fixed_scale, tracker.max_age_s = self.config.fixed_scale, self.config.scale_max_age_s
-        if not tracker.measured:
-            return tracker.fixed()
-        now = time.monotonic()
+    def fit(self, frames: list[Frame], result: GeometryResult) -> ScaleFit:
+        """This window's scale fit; ScaleUnavailable says why there is none (TF or depth missing or late)."""
         try:
-            fit = self._fit(frames, result)
-        except (ScaleUnavailable, TransformUnavailable, ImageConversionError) as error:
-            return tracker.add_failure(str(error), now)
-        return tracker.add_fit(fit, now)
+            return self._fit(frames, result)
+        except (TransformUnavailable, ImageConversionError) as error:
+            raise ScaleUnavailable(str(error)) from error
 
     def _fit(self, frames: list[Frame], result: GeometryResult) -> ScaleFit:
         centres = result.camera_to_world[:, :3, 3].detach().double().cpu().numpy()
@@ -114,7 +104,7 @@ class ScaleInput:
         missing = ""
         for index, frame in enumerate(frames):
             try:
-                pose = self._lookup(self.config.odom_frame, frame.header.frame_id, frame.stamp_ns)
+                pose = self._lookup(self.config.odom_frame, frame.frame_id, frame.stamp_ns)
                 measured[index] = pose[:3, 3]
             except TransformUnavailable as error:
                 missing = str(error)
@@ -129,7 +119,7 @@ class ScaleInput:
         index_b = [i for i, frame in enumerate(frames) if frame.camera == second]
         # windows are camera-major with one synchronized set per keyframe, so the k-th frames pair up
         frame_a, frame_b = frames[index_a[-1]], frames[index_b[-1]]
-        baseline = self._lookup(frame_a.header.frame_id, frame_b.header.frame_id, 0)[:3, 3]
+        baseline = self._lookup(frame_a.frame_id, frame_b.frame_id, 0)[:3, 3]
         return scale_from_baselines(centres[index_a], centres[index_b], float(np.linalg.norm(baseline)))
 
     def _fit_depth(self, frames: list[Frame], result: GeometryResult) -> ScaleFit:
@@ -158,7 +148,7 @@ class ScaleInput:
         """
         index = newest_index(frames, self.cameras[0])
         try:
-            odom_from_camera = self._lookup(self.config.odom_frame, frames[index].header.frame_id,
+            odom_from_camera = self._lookup(self.config.odom_frame, frames[index].frame_id,
                                             frames[index].stamp_ns)
         except TransformUnavailable:
             return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import faulthandler
 import functools
+import os
 import re
 import signal
 import sys
@@ -28,6 +29,10 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 SPIN_PERIOD_S = 0.05  # upper bound of how long a transition waits for the spinning thread to let it in
+# Ctrl-C to the end of teardown: one that takes longer is stuck (a DDS call that never returns): every thread's stack
+# is printed and the process ends with 1. Below the 5 s launch waits before SIGTERM; teardown waits at most 1 s for a
+# window in flight.
+TEARDOWN_LIMIT_S = 4.0
 LOG_THROTTLE_S = 2.0
 MAX_THROTTLE_KEYS = 256
 
@@ -156,16 +161,10 @@ def dump_stacks_on_sigusr1() -> None:
 def spin_and_tear_down(executor, node, gate: Optional[EntityGate] = None, guard: Optional[CallbackGuard] = None,
                        start: Optional[Callable[[], None]] = None,
                        before_destroy: Optional[Callable[[], None]] = None) -> None:
-    """Spins `node` on `executor` until Ctrl-C or an external shutdown, then tears down in the one safe order:
-    rclpy's signal thread first (see signal_teardown), then the executor, `before_destroy`, the node and the
-    context. `start` runs as the executor's first task, so that what it does (configure) sees messages arriving as
-    it would later. A node that changes entities from callbacks passes its own gate; others get a private one."""
-    import inspect
-
-    import rclpy
+    """Spins `node` on `executor` until Ctrl-C or an external shutdown, then `tear_down`. `start` runs as the
+    executor's first task, so that what it does (configure) sees messages arriving as it would later. A node that
+    changes entities from callbacks passes its own gate; others get a private one."""
     from rclpy.executors import ExternalShutdownException
-
-    from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
 
     dump_stacks_on_sigusr1()
     gate = gate or EntityGate()
@@ -178,13 +177,40 @@ def spin_and_tear_down(executor, node, gate: Optional[EntityGate] = None, guard:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        stop_rclpy_signal_handling()  # first: its thread may still be about to wake this executor
-        # callbacks still running (an answer being waited for) are not waited for: destroy_node ends them
+        tear_down(executor, node, before_destroy=before_destroy)
+
+
+def tear_down(executor, *nodes, before_destroy: Optional[Callable[[], None]] = None) -> None:
+    """Ends an rclpy process's ROS side in the one safe order, for the node and every tool that spins: rclpy's signal
+    thread first (see signal_teardown), then the executor (callbacks still running, e.g. an answer being waited
+    for, are not waited for: destroying the node ends them), `before_destroy`, the nodes and the context."""
+    import inspect
+
+    import rclpy
+
+    from g2vlm_ros.ros.signal_teardown import stop_rclpy_signal_handling
+
+    # a C thread: fires even while the main thread is stuck in native code holding the GIL
+    faulthandler.dump_traceback_later(TEARDOWN_LIMIT_S, exit=True, file=sys.stderr)
+    stop_rclpy_signal_handling()  # first: its thread may still be about to wake this executor
+    if executor is not None:
         if "wait_for_threads" in inspect.signature(executor.shutdown).parameters:  # not every executor has it
             executor.shutdown(timeout_sec=0.0, wait_for_threads=False)
         else:
             executor.shutdown(timeout_sec=0.0)
-        if before_destroy is not None:
-            before_destroy()
+    if before_destroy is not None:
+        before_destroy()
+    for node in nodes:
         node.destroy_node()
-        rclpy.try_shutdown()
+    rclpy.try_shutdown()
+    faulthandler.cancel_dump_traceback_later()
+
+
+def end_process(code: int = 0) -> None:
+    """Ends a node's process right after tear_down destroyed every ROS entity. Not a normal interpreter exit: that
+    joins every executor thread still inside a callback (concurrent.futures joins its workers at exit whatever
+    shutdown(wait=False) said), finalizes the DDS participant with the context, and tears native thread pools down
+    under a model thread that may still be in a window. Any of these can hang or abort a process that is done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -136,10 +136,10 @@ class TfInput:
             time.sleep(0.05)
 
     def motion(self, fixed_frame: str, before: Any, after: Any) -> Optional[tuple[float, float]]:
-        """(metres, degrees) a camera moved between two of its frames (header.frame_id, stamp_ns), from TF in
+        """(metres, degrees) a camera moved between two of its frames (frame_id, stamp_ns), from TF in
         fixed_frame; None when TF cannot say."""
         try:
-            start, end = (self.lookup(fixed_frame, frame.header.frame_id, frame.stamp_ns) for frame in (before, after))
+            start, end = (self.lookup(fixed_frame, frame.frame_id, frame.stamp_ns) for frame in (before, after))
         except TransformUnavailable:
             return None
         relative = np.linalg.inv(start) @ end
