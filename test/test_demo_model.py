@@ -1,6 +1,6 @@
 """The embedded demo model: held-out accuracy of the shipped checkpoint, and the node's default.
 
-Thresholds come from the measurement written in README.md (16 held-out scenes: AbsRel 0.11-0.12,
+Thresholds come from the measurement in docs/demo_model.md (16 held-out scenes: AbsRel 0.11-0.12,
 δ<1.25 0.86-0.88, rotation 2-3.4°, translation direction 12-16°) with margin; the untrained
 initialisation scores AbsRel 0.52, δ 0.30, 20-58°, so a broken checkpoint, loader or model fails.
 """

@@ -78,7 +78,7 @@ PARAMETERS = (
               "scale_source is tf, which places it in odom_frame on TF."),
     ParamSpec("odom_frame", "", "Odometry frame (e.g. odom) for scale_source tf: camera positions are looked "
               "up in it and odom_frame -> world_frame is broadcast. Empty: not used."),
-    ParamSpec("publish_tf", True, "Broadcast world_frame -> <camera>_optical for every camera on /tf."),
+    ParamSpec("publish_tf", True, "Broadcast world_frame -> <frame_prefix><camera>_optical for every camera on /tf."),
     ParamSpec("window_size", 1, "Keyframes per camera in one inference window (the newest frame always "
               "included).", int_range=(1, 16)),
     ParamSpec("sync_slop_s", 0.05, "Largest stamp difference between the frames of different cameras that "
@@ -101,7 +101,8 @@ PARAMETERS = (
               choices=BACKEND_CHOICES),
     ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout; empty: the "
               "embedded demo model (small, trained on synthetic rooms only)."),
-    ParamSpec("engine_dir", "", "Folder of compiled engines and ONNX graphs (empty: the package's engines/)."),
+    ParamSpec("engine_dir", "", "Folder of compiled engines and ONNX graphs (empty: the source tree's engines/ when "
+              "the package runs from its source tree, else ~/.cache/g2vlm_ros/engines)."),
     ParamSpec("device", "cuda", "Compute device for torch/onnxruntime backends (cuda, cuda:N or cpu)."),
     ParamSpec("precision", "auto", "Model precision for the torch backend: auto (bf16 on GPUs that support it, "
               "fp32 on the CPU), fp32, fp16 or bf16. Exported graphs and engines carry their own.",
