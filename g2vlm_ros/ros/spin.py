@@ -30,8 +30,8 @@ from typing import Any, Optional
 
 SPIN_PERIOD_S = 0.05  # upper bound of how long a transition waits for the spinning thread to let it in
 # Ctrl-C to the end of teardown: one that takes longer is stuck (a DDS call that never returns): every thread's stack
-# is printed and the process ends with 1. Below the 5 s launch waits before SIGTERM; teardown waits at most 1 s for a
-# window in flight.
+# is printed and the process ends with 1. Well below the 10 s perception.launch.py waits before SIGTERM; teardown
+# waits at most 1 s for a window in flight.
 TEARDOWN_LIMIT_S = 4.0
 LOG_THROTTLE_S = 2.0
 MAX_THROTTLE_KEYS = 256
