@@ -347,7 +347,7 @@ def write_previews(monitor: Monitor, output: Path) -> list[Path]:
 
 
 def pose_matrix(pose) -> np.ndarray:
-    from g2vlm_ros.geometry.tf_buffer import matrix_from_translation_quaternion
+    from g2vlm_ros.geometry.rotations import matrix_from_translation_quaternion
 
     q, p = pose.orientation, pose.position
     return matrix_from_translation_quaternion((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
