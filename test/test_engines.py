@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from g2vlm_ros.cli.build_engine import main as build_engine_cli
-from g2vlm_ros.runtime import engines
-from g2vlm_ros.runtime.engines import (
+from g2vlm_ros.deploy import engines
+from g2vlm_ros.deploy.engines import (
     EngineError,
     EngineKey,
     EngineKeyMismatch,
@@ -272,8 +272,8 @@ def trt_rtx():
 @pytest.fixture(scope="module")
 def geometry_build(trt_rtx, tmp_path_factory):
     """The tiny G2VLM geometry graph (random weights, 1 view of 28x42) exported and built once for sm89."""
+    from g2vlm_ros.deploy.export import Bucket, export_geometry_onnx
     from g2vlm_ros.model import G2VLM, tiny_config
-    from g2vlm_ros.runtime.export import Bucket, export_geometry_onnx
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("geometry")

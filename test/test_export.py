@@ -8,9 +8,9 @@ import torch
 
 from conftest import PARITY
 from g2vlm_ros.cli.export_onnx import main as export_cli
+from g2vlm_ros.deploy.export import Bucket, export_geometry_onnx, model_fingerprint, read_manifest
 from g2vlm_ros.model import load_checkpoint
 from g2vlm_ros.model.g2vlm import Reconstruction
-from g2vlm_ros.runtime.export import Bucket, export_geometry_onnx, model_fingerprint, read_manifest
 
 ort = pytest.importorskip("onnxruntime")
 SPECIAL = {"bos_token_id": 1, "eos_token_id": 2, "start_of_image": 3, "end_of_image": 4}

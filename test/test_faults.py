@@ -88,8 +88,8 @@ def test_a_broken_checkpoint_fails_configure_with_the_reason_and_the_node_stays_
 
 def test_graphs_exported_from_another_checkpoint_are_refused_with_the_reason(start_node, ros_client, tiny_checkpoint,
                                                                              tmp_path, camera):
+    from g2vlm_ros.deploy.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
     from g2vlm_ros.model import load_checkpoint, tiny_config, write_random_checkpoint
-    from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
 
     engines = tmp_path / "engines"
     engines.mkdir()

@@ -5,6 +5,9 @@ import time
 import numpy as np
 import pytest
 
+from g2vlm_ros.backends.backend import BackendUnavailableError, InvalidInputError
+from g2vlm_ros.backends.registry import BackendRequest, create_backend
+from g2vlm_ros.backends.test_pattern import TestPatternBackend
 from g2vlm_ros.geometry.pinhole import (
     backproject_depth,
     intrinsics_from_fov,
@@ -14,9 +17,6 @@ from g2vlm_ros.geometry.pinhole import (
 )
 from g2vlm_ros.geometry.rotations import matrix_to_quaternion_xyzw
 from g2vlm_ros.pipeline.worker import LatestOnlyWorker
-from g2vlm_ros.runtime.backend import BackendUnavailableError, InvalidInputError
-from g2vlm_ros.runtime.registry import BackendRequest, create_backend
-from g2vlm_ros.runtime.test_pattern import TestPatternBackend
 
 
 def test_backprojection_hand_values():

@@ -1,7 +1,7 @@
 """The perception node in its own process, driven over DDS from this process.
 
 The node runs the `test_pattern` backend, whose depth is 1 + luminance of the input pixel (see
-g2vlm_ros/runtime/test_pattern.py), so every value that comes back can be predicted here.
+g2vlm_ros/backends/test_pattern.py), so every value that comes back can be predicted here.
 """
 import math
 import uuid

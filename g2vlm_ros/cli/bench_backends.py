@@ -22,9 +22,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from g2vlm_ros.backends.preprocess import prepare_images
 from g2vlm_ros.cli.bench_model import PROMPT_IDS, SPECIAL, build_model, count_flops, matmul_tflops, time_ms
 from g2vlm_ros.geometry.pinhole import resize_nearest
-from g2vlm_ros.runtime.preprocess import prepare_images
 
 CAMERA_W, CAMERA_H = 640, 480
 
@@ -72,9 +72,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    from g2vlm_ros.runtime.export import Bucket, export_geometry_onnx
-    from g2vlm_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
-    from g2vlm_ros.runtime.torch_backend import TorchBackend
+    from g2vlm_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from g2vlm_ros.backends.torch_backend import TorchBackend
+    from g2vlm_ros.deploy.export import Bucket, export_geometry_onnx
 
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -28,8 +28,8 @@ def canned_result(views: int):
     """A GeometryResult of the size G2VLM returns for 640x480 inputs (518x392), finite values."""
     import torch
 
+    from g2vlm_ros.backends.backend import GeometryResult
     from g2vlm_ros.geometry.pinhole import backproject_depth, intrinsics_from_fov
-    from g2vlm_ros.runtime.backend import GeometryResult
 
     k = intrinsics_from_fov(518, 392, np.deg2rad(60))
     depth = np.random.default_rng(0).uniform(1, 3, (views, 392, 518)).astype(np.float32)
@@ -54,13 +54,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rclpy.qos import QoSProfile
     from std_msgs.msg import Header
 
+    from g2vlm_ros.backends.preprocess import prepare_images
     from g2vlm_ros.pipeline.windowing import WindowAssembler, WindowPolicy
     from g2vlm_ros.ros.camera_input import CameraInput
     from g2vlm_ros.ros.conversions import numpy_to_image
     from g2vlm_ros.ros.outputs import GeometryPublisher, OutputSettings
     from g2vlm_ros.ros.params import CameraConfig
     from g2vlm_ros.ros.tf_output import TfOutput
-    from g2vlm_ros.runtime.preprocess import prepare_images
 
     rclpy.init()
     node = rclpy.create_node("g2vlm_overhead_bench")

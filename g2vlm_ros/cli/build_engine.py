@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from g2vlm_ros.runtime.engines import EngineError, build_engine
+from g2vlm_ros.deploy.engines import EngineError, build_engine
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

@@ -5,7 +5,7 @@
 
 Writes `<output-dir>/g2vlm_geometry_<hash>_<bucket>_<precision>.onnx` and a `.json` manifest
 beside it (default output dir: the package's engines/); <hash> is the checkpoint folder's
-fingerprint (runtime.export.checkpoint_fingerprint), which backends match against. Checkpoints
+fingerprint (deploy.export.checkpoint_fingerprint), which backends match against. Checkpoints
 without tokenizer files need --token-ids: a JSON file with "prompt_token_ids" and
 "special_token_ids" (the same content as a `token_ids.json` in the folder).
 """
@@ -33,8 +33,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--token-ids", type=Path, help="JSON with prompt_token_ids and special_token_ids")
     args = parser.parse_args(argv)
 
+    from g2vlm_ros.deploy.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
     from g2vlm_ros.model import CheckpointError, load_checkpoint
-    from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
 
     try:
         ids = json.loads(args.token_ids.read_text()) if args.token_ids else {}

@@ -30,12 +30,12 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
+from g2vlm_ros.backends.backend import GeometryResult
 from g2vlm_ros.geometry.cloud import voxel_downsample
 from g2vlm_ros.geometry.pinhole import resize_nearest, scale_intrinsics
 from g2vlm_ros.ros.camera_input import Frame
 from g2vlm_ros.ros.conversions import numpy_to_image, pack_point_cloud
 from g2vlm_ros.ros.tf_output import TfOutput, pose_from_matrix, transform_from_matrix
-from g2vlm_ros.runtime.backend import GeometryResult
 
 
 @dataclass(frozen=True)

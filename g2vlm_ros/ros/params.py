@@ -15,9 +15,9 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from g2vlm_ros.backends.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
 from g2vlm_ros.pipeline.inference_health import OUT_OF_MEMORY_POLICIES
 from g2vlm_ros.pipeline.windowing import WindowPolicy
-from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 OUTPUT_QOS_CHOICES = ("reliable", "best_effort")

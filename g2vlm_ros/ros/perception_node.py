@@ -33,6 +33,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
+from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult
+from g2vlm_ros.backends.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend
 from g2vlm_ros.pipeline.inference_health import InferenceHealth, release_cached_memory, run_window
 from g2vlm_ros.pipeline.rate_limiter import RateLimiter
 from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
@@ -54,8 +56,6 @@ from g2vlm_ros.ros.sim_clock import SimClockWatch
 from g2vlm_ros.ros.spin import CallbackGuard, EntityGate, LogThrottle, spin_and_tear_down
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
-from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
-from g2vlm_ros.runtime.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend
 
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult, check_rgb_images
 from g2vlm_ros.geometry.pinhole import backproject_depth, intrinsics_from_fov, resize_nearest, transform_points
-from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult, check_rgb_images
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 CAMERA_SPACING = 0.1  # relative units between consecutive views along world x

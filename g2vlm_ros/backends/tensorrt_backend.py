@@ -18,8 +18,10 @@ from typing import Any, Optional
 
 import torch
 
-from g2vlm_ros.runtime.backend import BackendUnavailableError
-from g2vlm_ros.runtime.engines import (
+from g2vlm_ros.backends.backend import BackendUnavailableError
+from g2vlm_ros.backends.network_backend import NetworkBackend
+from g2vlm_ros.backends.onnxruntime_backend import find_exports
+from g2vlm_ros.deploy.engines import (
     ENGINE_SUFFIX,
     EngineError,
     EngineKey,
@@ -31,11 +33,9 @@ from g2vlm_ros.runtime.engines import (
     load_engine_bytes,
     read_json,
 )
-from g2vlm_ros.runtime.export import Bucket
-from g2vlm_ros.runtime.network_backend import NetworkBackend
-from g2vlm_ros.runtime.onnxruntime_backend import find_exports
+from g2vlm_ros.deploy.export import Bucket
 
-LOG = logging.getLogger("g2vlm_ros.runtime")
+LOG = logging.getLogger("g2vlm_ros.backends")
 
 
 def torch_dtype(trt: Any, trt_type: Any) -> torch.dtype:

@@ -14,11 +14,11 @@ from typing import Optional
 
 import torch
 
-from g2vlm_ros.runtime.backend import BackendUnavailableError
-from g2vlm_ros.runtime.export import Bucket, read_manifest
-from g2vlm_ros.runtime.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.backends.backend import BackendUnavailableError
+from g2vlm_ros.backends.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.deploy.export import Bucket, read_manifest
 
-LOG = logging.getLogger("g2vlm_ros.runtime")
+LOG = logging.getLogger("g2vlm_ros.backends")
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 

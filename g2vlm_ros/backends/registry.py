@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 import g2vlm_ros
-from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend
+from g2vlm_ros.backends.backend import BackendUnavailableError, GeometryBackend
 
 MODEL_BACKENDS = ("tensorrt", "onnxruntime", "torch")
 BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + ("test_pattern",)
@@ -75,7 +75,7 @@ class BackendRequest:
     @cached_property
     def model_hash(self) -> Optional[str]:
         """Fingerprint of the configured checkpoint folder (None without one): engines must match it."""
-        from g2vlm_ros.runtime.export import checkpoint_fingerprint
+        from g2vlm_ros.deploy.export import checkpoint_fingerprint
 
         folder = Path(self.checkpoint_path) if self.checkpoint_path else None
         return checkpoint_fingerprint(folder) if folder is not None and folder.is_dir() else None
@@ -83,7 +83,7 @@ class BackendRequest:
 
 def _create_model_backend(name: str, request: BackendRequest) -> GeometryBackend:
     if name == "torch":
-        from g2vlm_ros.runtime.torch_backend import TorchBackend
+        from g2vlm_ros.backends.torch_backend import TorchBackend
 
         device = request.device
         if device.startswith("cuda") and request.backend == "auto":
@@ -92,10 +92,10 @@ def _create_model_backend(name: str, request: BackendRequest) -> GeometryBackend
             device = device if torch.cuda.is_available() else "cpu"
         return TorchBackend(request.checkpoint_path, device, request.precision, cuda_graphs=request.cuda_graphs)
     if name == "onnxruntime":
-        from g2vlm_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from g2vlm_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(str(request.engines), request.model_hash, request.device)
-    from g2vlm_ros.runtime.tensorrt_backend import TensorRTBackend
+    from g2vlm_ros.backends.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(str(request.engines), request.model_hash, request.device,
                            allow_rebuild=request.allow_engine_rebuild)
@@ -126,7 +126,7 @@ def create_backend(request: BackendRequest) -> GeometryBackend:
     if request.precision not in PRECISIONS:
         raise BackendUnavailableError(f"unknown precision '{request.precision}'; choose one of {', '.join(PRECISIONS)}")
     if request.backend == "test_pattern":
-        from g2vlm_ros.runtime.test_pattern import TestPatternBackend
+        from g2vlm_ros.backends.test_pattern import TestPatternBackend
 
         return TestPatternBackend()
     request = request.with_demo_model()

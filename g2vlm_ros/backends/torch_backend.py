@@ -14,12 +14,12 @@ from typing import Optional
 
 import torch
 
+from g2vlm_ros.backends.backend import BackendUnavailableError
+from g2vlm_ros.backends.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.deploy.export import Bucket, GeometryGraph
 from g2vlm_ros.model import CheckpointError, load_checkpoint
-from g2vlm_ros.runtime.backend import BackendUnavailableError
-from g2vlm_ros.runtime.export import Bucket, GeometryGraph
-from g2vlm_ros.runtime.network_backend import BucketCache, NetworkBackend
 
-LOG = logging.getLogger("g2vlm_ros.runtime")
+LOG = logging.getLogger("g2vlm_ros.backends")
 TOKEN_IDS_FILE = "token_ids.json"  # for checkpoint folders without tokenizer files
 
 
