@@ -156,7 +156,9 @@ def test_engines_for_another_gpu_are_listed_with_their_differences(checkpoint, t
     """What the tensorrt backend tells a user whose engine folder holds engines for another GPU."""
     pytest.importorskip("tensorrt_rtx")
     from g2vlm_ros.backends.tensorrt_backend import other_engines
-    from g2vlm_ros.deploy.engines import build_engine, expected_key, import_tensorrt
+    from g2vlm_ros.deploy.engine_build import build_engine
+    from g2vlm_ros.deploy.engine_keys import expected_key
+    from g2vlm_ros.deploy.tensorrt_flavour import import_tensorrt
 
     engines = tmp_path / "engines"
     export = export_geometry_onnx(load_checkpoint(checkpoint), Bucket(1, 28, 28), engines,
