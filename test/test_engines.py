@@ -31,6 +31,7 @@ from g2vlm_ros.deploy.engine_keys import (
     sha256_bytes,
 )
 from g2vlm_ros.deploy.engine_loading import load_engine_bytes
+from g2vlm_ros.deploy.export_manifest import EXPORT_MANIFEST_FORMAT
 
 pytestmark = [  # the exporters' own deprecation/tracer chatter, not about engines
     pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
@@ -117,6 +118,15 @@ def test_build_refuses_an_unknown_precision_before_touching_tensorrt(tmp_path):
     onnx_path.write_bytes(b"not parsed: refused first")
     with pytest.raises(EngineError, match="precision 'int8'"):
         build_engine(onnx_path, export_manifest(precision="int8"), tmp_path, compute_capability=TARGET)
+
+
+def test_build_refuses_a_json_file_that_is_not_an_export_manifest(tmp_path):
+    """The builder reads manifest files with the backends' reader: no exporter format tag, no build."""
+    onnx_path = tmp_path / "g.onnx"
+    onnx_path.write_bytes(b"not parsed: refused first")
+    onnx_path.with_suffix(".json").write_text(json.dumps(export_manifest()))  # every field but "format"
+    with pytest.raises(EngineError, match="is not a g2vlm_ros geometry export manifest"):
+        build_engine(onnx_path, None, tmp_path, compute_capability=TARGET)
 
 
 def test_build_reports_a_missing_onnx_file(tmp_path):
@@ -252,7 +262,8 @@ def export_toy(folder: Path, precision: str = "fp32", external_data: bool = Fals
         model = onnx.load(str(onnx_path))
         onnx.save_model(model, str(onnx_path), save_as_external_data=True, location=onnx_path.name + ".data",
                         size_threshold=0)
-    manifest = {"model_hash": "feedc0de" * 8, "bucket": {"views": 1, "height": 8, "width": 32},
+    manifest = {"format": EXPORT_MANIFEST_FORMAT, "model_hash": "feedc0de" * 8,
+                "bucket": {"views": 1, "height": 8, "width": 32},
                 "precision": precision, "opset": 18, "onnx_file": onnx_path.name,
                 "inputs": [{"name": "x", "shape": [1, 8, 32], "dtype": str(dtype).removeprefix("torch.")}],
                 "outputs": [{"name": "y", "shape": [1, 8, 16], "dtype": "float32"}]}

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from g2vlm_ros.deploy.export_manifest import export_manifest_path, read_export_manifest
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_SUFFIX = ".engine"
 MANIFEST_FORMAT = "g2vlm-engine/1"
@@ -144,11 +146,6 @@ def expected_key(manifest: Mapping[str, Any], flavour: str, version: str, comput
                      trt_version=version, compute_capability=normalize_compute_capability(compute_capability))
 
 
-def export_manifest_path(onnx_path: PathLike) -> Path:
-    """Where the exporter writes the manifest of `<name>.onnx`: `<name>.json` beside it."""
-    return Path(onnx_path).with_suffix(".json")
-
-
 def engine_manifest_path(engine_path: PathLike) -> Path:
     """Where `build_engine` writes the manifest of `<stem>.engine`: `<stem>.json` beside it."""
     return Path(engine_path).with_suffix(".json")
@@ -174,11 +171,19 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def load_export_manifest(manifest: ManifestSource, onnx_path: PathLike) -> dict[str, Any]:
-    """The export manifest given as a mapping or a path, or by default the one beside the ONNX file."""
+    """The export manifest given as a mapping or a path, or by default the one beside the ONNX file.
+
+    A file is read by the one export-manifest reader, which refuses JSON without the exporter's format tag;
+    a mapping is the caller's own and is only checked for what an engine key needs.
+    """
     if isinstance(manifest, Mapping):
         data = dict(manifest)
     else:
-        data = read_json(Path(manifest) if manifest is not None else export_manifest_path(onnx_path))
+        path = Path(manifest) if manifest is not None else export_manifest_path(onnx_path)
+        try:
+            data = read_export_manifest(path)
+        except ValueError as error:  # EngineError: the CLI reports it as one line, like every other build error
+            raise EngineError(str(error)) from None
     validate_export_manifest(data)
     return data
 
