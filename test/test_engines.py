@@ -32,6 +32,7 @@ from g2vlm_ros.deploy.engine_keys import (
 )
 from g2vlm_ros.deploy.engine_loading import load_engine_bytes
 from g2vlm_ros.deploy.export_manifest import EXPORT_MANIFEST_FORMAT
+from g2vlm_ros.model.checkpoint import TORCH_DTYPES
 
 pytestmark = [  # the exporters' own deprecation/tracer chatter, not about engines
     pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
@@ -250,7 +251,7 @@ class Toy(torch.nn.Module):
 
 def export_toy(folder: Path, precision: str = "fp32", external_data: bool = False) -> Path:
     """A toy ONNX graph with a manifest in the exporter's format (input [1, 8, 32] standing for 1x8x32)."""
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = TORCH_DTYPES[precision]
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / f"toy_{precision}.onnx"
     example = torch.randn(1, 8, 32, dtype=dtype)

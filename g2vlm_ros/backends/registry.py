@@ -25,10 +25,10 @@ from typing import Optional
 
 import g2vlm_ros
 from g2vlm_ros.backends.backend import BackendUnavailableError, GeometryBackend
+from g2vlm_ros.precision import AUTO_PRECISION, PRECISION_CHOICES
 
 MODEL_BACKENDS = ("tensorrt", "onnxruntime", "torch")
 BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + ("test_pattern",)
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PLUGIN_PREFIX = "plugin:"
 DEMO_CHECKPOINT = Path(g2vlm_ros.__file__).resolve().parent / "demo_model"
 
@@ -55,7 +55,7 @@ class BackendRequest:
     checkpoint_path: str = ""
     engine_dir: str = ""
     device: str = "cuda"
-    precision: str = "auto"
+    precision: str = AUTO_PRECISION
     cuda_graphs: bool = False
     allow_engine_rebuild: bool = False
 
@@ -123,8 +123,9 @@ def create_backend(request: BackendRequest) -> GeometryBackend:
         raise BackendUnavailableError(
             f"unknown backend '{request.backend}'; choose one of {', '.join(BACKEND_CHOICES)}"
         )
-    if request.precision not in PRECISIONS:
-        raise BackendUnavailableError(f"unknown precision '{request.precision}'; choose one of {', '.join(PRECISIONS)}")
+    if request.precision not in PRECISION_CHOICES:
+        raise BackendUnavailableError(f"unknown precision '{request.precision}'; choose one of "
+                                      f"{', '.join(PRECISION_CHOICES)}")
     if request.backend == "test_pattern":
         from g2vlm_ros.backends.test_pattern import TestPatternBackend
 

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from g2vlm_ros.precision import PRECISIONS
+
 DEFAULT_ENGINE_DIR = Path(__file__).resolve().parents[2] / "engines"
 
 
@@ -26,7 +28,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--views", type=int, default=1)
     parser.add_argument("--height", type=int, default=392)
     parser.add_argument("--width", type=int, default=518)
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_ENGINE_DIR)
     parser.add_argument("--external-data", action="store_true", help="store weights in <name>.onnx.data")

@@ -39,9 +39,11 @@ from g2vlm_ros.deploy.engine_keys import (
     sha256_bytes,
 )
 from g2vlm_ros.deploy.tensorrt_flavour import current_compute_capability, import_tensorrt
+from g2vlm_ros.precision import PRECISIONS
 
-# The TensorRT tensor type each manifest precision must show up as somewhere in a strongly typed network.
-_PRECISION_TYPES = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16"}
+# The TensorRT tensor type each manifest precision must show up as somewhere in a strongly typed network, in
+# PRECISIONS' order (strict: a precision added there without its type here fails at import, not mid-build).
+_PRECISION_TYPES = dict(zip(PRECISIONS, ("FLOAT", "HALF", "BF16"), strict=True))
 
 
 @dataclass(frozen=True)

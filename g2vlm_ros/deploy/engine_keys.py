@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from g2vlm_ros.deploy.export_manifest import export_manifest_path, read_export_manifest
+from g2vlm_ros.precision import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_SUFFIX = ".engine"
 MANIFEST_FORMAT = "g2vlm-engine/1"
 

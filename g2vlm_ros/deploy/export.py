@@ -27,14 +27,15 @@ from torch import nn
 
 import g2vlm_ros
 from g2vlm_ros.deploy.export_manifest import EXPORT_MANIFEST_FORMAT, export_manifest_path
+from g2vlm_ros.model.checkpoint import TORCH_DTYPES
 from g2vlm_ros.model.config import DINO_INPUT_WIDTH, PATCH_SIZE
 from g2vlm_ros.model.g2vlm import G2VLM, ImageBlockInputs
 from g2vlm_ros.model.mot import KVCache
 from g2vlm_ros.model.preprocess import RESNET_MEAN, RESNET_STD, normalize_for_dino, resnet_statistics
+from g2vlm_ros.precision import PRECISIONS
 
 INPUT_NAME = "images"
 RAW_OUTPUTS = ("local_points", "global_points", "rotation_raw", "translation")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 18
 
 
@@ -152,7 +153,7 @@ def export_geometry_onnx(model: G2VLM, bucket: Bucket, output_dir: Path | str, p
     bucket.validate()
     started = time.perf_counter()
     model_hash = model_hash or model_fingerprint(model)
-    model = model.to(PRECISIONS[precision]).eval()
+    model = model.to(TORCH_DTYPES[precision]).eval()
     graph = GeometryGraph(model, bucket, prefix_token_ids, special_token_ids).eval()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,10 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from g2vlm_ros.backends.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
+from g2vlm_ros.backends.registry import BACKEND_CHOICES, PLUGIN_PREFIX
 from g2vlm_ros.pipeline.inference_health import OUT_OF_MEMORY_POLICIES
 from g2vlm_ros.pipeline.windowing import WindowPolicy
+from g2vlm_ros.precision import PRECISION_CHOICES
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 OUTPUT_QOS_CHOICES = ("reliable", "best_effort")
@@ -104,7 +105,7 @@ PARAMETERS = (
     ParamSpec("device", "cuda", "Compute device for torch/onnxruntime backends (cuda, cuda:N or cpu)."),
     ParamSpec("precision", "auto", "Model precision for the torch backend: auto (bf16 on GPUs that support it, "
               "fp32 on the CPU), fp32, fp16 or bf16. Exported graphs and engines carry their own.",
-              choices=PRECISIONS),
+              choices=PRECISION_CHOICES),
     ParamSpec("cuda_graphs", False, "torch backend on CUDA: capture each input size once as a CUDA graph "
               "and replay it (much lower latency; a few seconds of capture per new size)."),
     ParamSpec("allow_engine_rebuild", False, "tensorrt backend: rebuild an engine that does not match this "
