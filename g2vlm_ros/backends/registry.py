@@ -5,8 +5,9 @@
                    an engine built for this checkpoint, bucket, TensorRT version and GPU;
   2. onnxruntime - the engine folder holds an exported ONNX graph for this checkpoint;
   3. torch       - the checkpoint folder loads (on `device`, falling back to the CPU without CUDA).
-It never picks the `test_pattern` placeholder: a user who asks for a model gets a model or a clear
-error listing why each backend was not usable.
+It never picks the `placeholder` backend (geometry-free, for I/O tests): a user who asks for a model
+gets a model or a clear error listing why each backend was not usable. `test_pattern`, the placeholder's
+old name, is still accepted so that existing launch files keep working; the node warns when it is used.
 
 Without a checkpoint_path the model backends run the embedded demo model (DEMO_CHECKPOINT: 11.7 M
 parameters trained on procedural rooms, docs/demo_model.md), so the package works out of the box;
@@ -28,7 +29,9 @@ from g2vlm_ros.backends.backend import BackendUnavailableError, GeometryBackend
 from g2vlm_ros.precision import AUTO_PRECISION, PRECISION_CHOICES
 
 MODEL_BACKENDS = ("tensorrt", "onnxruntime", "torch")
-BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + ("test_pattern",)
+PLACEHOLDER_BACKEND = "placeholder"
+BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + (PLACEHOLDER_BACKEND,)
+RENAMED_BACKENDS = {"test_pattern": PLACEHOLDER_BACKEND}  # old name -> new name, accepted with a warning
 PLUGIN_PREFIX = "plugin:"
 DEMO_CHECKPOINT = Path(g2vlm_ros.__file__).resolve().parent / "demo_model"
 
@@ -115,10 +118,21 @@ def _create_plugin_backend(request: BackendRequest) -> GeometryBackend:
     return backend_class(request)
 
 
+def renamed_backend_warning(backend: str) -> Optional[str]:
+    """The warning for a backend asked for by an old name (None for a current name)."""
+    new_name = RENAMED_BACKENDS.get(backend)
+    if new_name is None:
+        return None
+    return (f"backend '{backend}' was renamed to {new_name}: set backend to '{new_name}' (the old name is "
+            "deprecated and will be removed)")
+
+
 def create_backend(request: BackendRequest) -> GeometryBackend:
     """Returns a ready backend or raises BackendUnavailableError naming every reason."""
     if request.backend.startswith(PLUGIN_PREFIX):
         return _create_plugin_backend(request)
+    if request.backend in RENAMED_BACKENDS:
+        request = replace(request, backend=RENAMED_BACKENDS[request.backend])
     if request.backend not in BACKEND_CHOICES:
         raise BackendUnavailableError(
             f"unknown backend '{request.backend}'; choose one of {', '.join(BACKEND_CHOICES)}"
@@ -126,10 +140,10 @@ def create_backend(request: BackendRequest) -> GeometryBackend:
     if request.precision not in PRECISION_CHOICES:
         raise BackendUnavailableError(f"unknown precision '{request.precision}'; choose one of "
                                       f"{', '.join(PRECISION_CHOICES)}")
-    if request.backend == "test_pattern":
-        from g2vlm_ros.backends.test_pattern import TestPatternBackend
+    if request.backend == PLACEHOLDER_BACKEND:
+        from g2vlm_ros.backends.placeholder import PlaceholderBackend
 
-        return TestPatternBackend()
+        return PlaceholderBackend()
     request = request.with_demo_model()
     if request.backend != "auto":
         return _create_model_backend(request.backend, request)

@@ -15,7 +15,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from g2vlm_ros.backends.registry import BACKEND_CHOICES, PLUGIN_PREFIX
+from g2vlm_ros.backends.registry import BACKEND_CHOICES, PLUGIN_PREFIX, RENAMED_BACKENDS
 from g2vlm_ros.pipeline.inference_health import OUT_OF_MEMORY_POLICIES
 from g2vlm_ros.pipeline.windowing import WindowPolicy
 from g2vlm_ros.precision import PRECISION_CHOICES
@@ -56,7 +56,9 @@ class ParamSpec:
         return descriptor
 
     def check(self, value: Any) -> None:
-        if self.name == "backend" and isinstance(value, str) and value.startswith(PLUGIN_PREFIX):
+        # plugins are open-ended; old backend names stay valid (configure warns) so users' launch files keep working
+        if self.name == "backend" and isinstance(value, str) and (value.startswith(PLUGIN_PREFIX)
+                                                                  or value in RENAMED_BACKENDS):
             return
         if self.choices and value not in self.choices:
             raise ConfigError(f"parameter '{self.name}' = '{value}' is not one of {', '.join(self.choices)}")
@@ -96,7 +98,7 @@ PARAMETERS = (
     ParamSpec("max_rate_hz", 10.0, "Upper bound on inference windows per second.", read_only=False,
               float_range=(0.01, 1000.0)),
     ParamSpec("backend", "auto", "Inference backend. auto = tensorrt, then onnxruntime, then torch, the "
-              "first that can run; test_pattern is a geometry-free placeholder for I/O tests only; "
+              "first that can run; placeholder is a geometry-free stand-in for I/O tests only; "
               "plugin:<module>:<Class> loads a GeometryBackend subclass of your own.",
               choices=BACKEND_CHOICES),
     ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout; empty: the "

@@ -34,7 +34,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
 from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult
-from g2vlm_ros.backends.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend
+from g2vlm_ros.backends.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend, renamed_backend_warning
 from g2vlm_ros.pipeline.inference_health import InferenceHealth, release_cached_memory, run_window
 from g2vlm_ros.pipeline.rate_limiter import RateLimiter
 from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
@@ -152,6 +152,8 @@ class PerceptionNode(LifecycleNode):
             request = BackendRequest(config.backend, config.checkpoint_path, config.engine_dir, config.device,
                                      config.precision, config.cuda_graphs, config.allow_engine_rebuild)
             self.get_logger().info(f"configure: loading backend '{config.backend}' ...")
+            if renamed_backend_warning(config.backend):
+                self.get_logger().warning(renamed_backend_warning(config.backend))
             self.backend_error = "the model is being loaded (configure in progress)"
             try:
                 backend = create_backend(request)
