@@ -41,7 +41,7 @@ PACKAGE = "g2vlm_ros"
 # launch argument -> description; an empty value keeps the params file's setting
 PARAMETER_OVERRIDES = {
     "cameras": "comma-separated camera names, e.g. front,rear (topics: <name>.image_topic ... in params_file)",
-    "backend": "auto | tensorrt | onnxruntime | torch (test_pattern: geometry-free I/O test only)",
+    "backend": "auto | tensorrt | onnxruntime | torch (placeholder: geometry-free I/O test only)",
     "checkpoint_path": "G2VLM checkpoint folder in the official layout (empty: the embedded demo model)",
     "engine_dir": "folder of compiled engines and ONNX graphs",
     "device": "cuda | cuda:N | cpu",

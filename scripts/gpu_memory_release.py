@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__file__)))
 
+from g2vlm_ros.backends.torch_backend import TorchBackend  # noqa: E402
 from g2vlm_ros.cli.bench_model import PROMPT_IDS, SPECIAL, build_model  # noqa: E402
-from g2vlm_ros.runtime.torch_backend import TorchBackend  # noqa: E402
 
 MIB = 1024 * 1024
 

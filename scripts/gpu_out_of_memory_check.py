@@ -21,11 +21,11 @@ from types import SimpleNamespace
 
 import torch
 
+from g2vlm_ros.backends.registry import DEMO_CHECKPOINT
+from g2vlm_ros.backends.torch_backend import TorchBackend
 from g2vlm_ros.pipeline.inference_health import InferenceHealth, is_out_of_memory, run_window
 from g2vlm_ros.pipeline.windowing import Window
 from g2vlm_ros.playback.frames import SyntheticSequence
-from g2vlm_ros.runtime.registry import DEMO_CHECKPOINT
-from g2vlm_ros.runtime.torch_backend import TorchBackend
 
 MIB = 2 ** 20
 

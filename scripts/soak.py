@@ -2,7 +2,7 @@
 """Soak run: the perception node for minutes under a steady camera load and periodic questions.
 
   .venv/bin/python scripts/soak.py                          # 10 min, 2 cameras at 30 Hz, the default model
-  .venv/bin/python scripts/soak.py --minutes 1 --backend test_pattern
+  .venv/bin/python scripts/soak.py --minutes 1 --backend placeholder
 
 The node runs in its own process with its default model (the embedded demo model unless a
 --checkpoint is given); this process plays two cameras of a synthetic room (a stereo pair, same

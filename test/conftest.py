@@ -249,7 +249,10 @@ def tf2_msgs_env(tmp_path_factory) -> dict[str, str]:
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     site = next(Path(prefix, "lib").glob("python3*/site-packages"))
-    return {"PYTHONPATH": os.pathsep.join([str(site), str(FIXTURES)]),
+    # the caller's PYTHONPATH stays behind the fixture's (as LD_LIBRARY_PATH does): with it dropped, nodes of a
+    # run from another checkout (PYTHONPATH=<worktree>) imported the editable install's g2vlm_ros instead
+    python_path = [str(site), str(FIXTURES)] + [part for part in [os.environ.get("PYTHONPATH", "")] if part]
+    return {"PYTHONPATH": os.pathsep.join(python_path),
             "LD_LIBRARY_PATH": f"{prefix}/lib:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 

@@ -35,11 +35,11 @@ def chat_checkpoint(tiny_checkpoint, tmp_path_factory):
 
 
 def test_generated_answer_matches_the_models_own_generate(start_node, ros_client, chat_checkpoint):
+    from g2vlm_ros.backends.torch_backend import TorchBackend
     from g2vlm_ros.model import load_checkpoint
     from g2vlm_ros.model.chat import GenerationConfig, chat
     from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
     from g2vlm_ros.reasoning.geometric import GeometricAnswerer
-    from g2vlm_ros.runtime.torch_backend import TorchBackend
 
     camera = "gen"
     node = start_node(backend="torch", device="cpu", checkpoint_path=str(chat_checkpoint), cameras=[camera],

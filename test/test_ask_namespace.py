@@ -1,6 +1,6 @@
 """The ask CLI finds a node started in a namespace (ROS_NAMESPACE, or --node absolute or relative), and when it
 cannot, says which service or action it waited for and which Ask interfaces it does see. Across processes:
-the perception node (test_pattern backend) under `-r __ns:=/robot1`, and the installed `ask` executable."""
+the perception node (placeholder backend) under `-r __ns:=/robot1`, and the installed `ask` executable."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,7 @@ def test_node_names_resolve_in_ros_namespace():
 
 
 def test_ask_finds_a_namespaced_node_and_names_what_it_waited_for(start_node):
-    start_node(backend="test_pattern", cameras=["front"], ros_args=("-r", f"__ns:=/{NAMESPACE}"))
+    start_node(backend="placeholder", cameras=["front"], ros_args=("-r", f"__ns:=/{NAMESPACE}"))
     # Independent runs in parallel: each CLI start (interpreter, rclpy, discovery) takes about a second.
     # The misses wait 5 s: long enough for discovery on a loaded machine to list the namespaced node's interfaces.
     runs = {

@@ -10,13 +10,13 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image as ImageMsg
 
 from conftest import SHARED, wait_until
+from g2vlm_ros.backends.backend import BackendUnavailableError, GeometryResult
+from g2vlm_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+from g2vlm_ros.backends.preprocess import prepare_images, resize_on_device
+from g2vlm_ros.backends.registry import DEMO_CHECKPOINT, BackendRequest, create_backend
+from g2vlm_ros.backends.torch_backend import TorchBackend
+from g2vlm_ros.deploy.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
 from g2vlm_ros.model import load_checkpoint, preprocess
-from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryResult
-from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
-from g2vlm_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from g2vlm_ros.runtime.preprocess import prepare_images, resize_on_device
-from g2vlm_ros.runtime.registry import DEMO_CHECKPOINT, BackendRequest, create_backend
-from g2vlm_ros.runtime.torch_backend import TorchBackend
 from test_node_process import image_to_numpy_float, rgb_image, stamped
 
 IDS = {"prompt_token_ids": [10, 11, 12],
@@ -155,8 +155,10 @@ def test_node_runs_the_real_model_across_processes(start_node, ros_client, check
 def test_engines_for_another_gpu_are_listed_with_their_differences(checkpoint, tmp_path):
     """What the tensorrt backend tells a user whose engine folder holds engines for another GPU."""
     pytest.importorskip("tensorrt_rtx")
-    from g2vlm_ros.runtime.engines import build_engine, expected_key, import_tensorrt
-    from g2vlm_ros.runtime.tensorrt_backend import other_engines
+    from g2vlm_ros.backends.tensorrt_backend import other_engines
+    from g2vlm_ros.deploy.engine_build import build_engine
+    from g2vlm_ros.deploy.engine_keys import expected_key
+    from g2vlm_ros.deploy.tensorrt_flavour import import_tensorrt
 
     engines = tmp_path / "engines"
     export = export_geometry_onnx(load_checkpoint(checkpoint), Bucket(1, 28, 28), engines,

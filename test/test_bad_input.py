@@ -2,7 +2,7 @@
 line and a diagnostics entry naming the camera and the reason, nothing derived from it is published,
 and the good frames around it are processed as before.
 
-One node (test_pattern backend, so a window takes milliseconds) per transport serves the whole matrix.
+One node (placeholder backend, so a window takes milliseconds) per transport serves the whole matrix.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class CameraUnderTest:
         self.name = f"bad_{transport}_{uuid.uuid4().hex[:6]}"
         topic = f"/{self.name}/image_raw" + ("/compressed" if transport == "compressed" else "")
         self.node = NodeProcess(tmp_path_factory.mktemp(self.name) / "node.log", {
-            "backend": "test_pattern", "cameras": [self.name], f"{self.name}.image_topic": topic,
+            "backend": "placeholder", "cameras": [self.name], f"{self.name}.image_topic": topic,
             f"{self.name}.transport": transport, "input_qos": "reliable"})
         self.node.wait_for_log(READY_LINE)
         node = ros_client.node
@@ -211,14 +211,14 @@ def test_mono16_cameras_are_processed(cameras):
     wait_until(lambda: any(stamp_of(m) in sent for m in camera.depth), 15, "no depth from a mono16 camera",
                action=publish, period_s=0.3)
     depth = image_to_numpy_float(next(m for m in camera.depth if stamp_of(m) in sent))
-    # test_pattern depth is 1 + luminance: the stretched ramp runs from black to white across the image
+    # the placeholder's depth is 1 + luminance: the stretched ramp runs from black to white across the image
     assert depth[:, :20].mean() < 1.1 and depth[:, -20:].mean() > 1.9
 
 
 def test_cameras_with_different_resolutions_form_one_window(start_node, ros_client):
     names = [f"res_{uuid.uuid4().hex[:6]}", f"res_{uuid.uuid4().hex[:6]}"]
     sizes = {names[0]: (640, 480), names[1]: (320, 180)}
-    node = start_node(backend="test_pattern", cameras=names, input_qos="reliable", sync_slop_s=0.05)
+    node = start_node(backend="placeholder", cameras=names, input_qos="reliable", sync_slop_s=0.05)
     depth = {name: ros_client.collect(Image, f"/g2vlm/{name}/depth_relative", RELIABLE) for name in names}
     publishers = {name: ros_client.node.create_publisher(Image, f"/{name}/image_raw", RELIABLE) for name in names}
 
@@ -240,7 +240,7 @@ def test_cameras_with_different_resolutions_form_one_window(start_node, ros_clie
 
 def test_an_empty_frame_id_is_accepted_when_the_camera_parameter_names_the_frame(start_node, ros_client):
     name = f"named_{uuid.uuid4().hex[:6]}"
-    start_node(backend="test_pattern", cameras=[name], input_qos="reliable", **{f"{name}.frame_id": "lens_optical"})
+    start_node(backend="placeholder", cameras=[name], input_qos="reliable", **{f"{name}.frame_id": "lens_optical"})
     depth = ros_client.collect(Image, f"/g2vlm/{name}/depth_relative", RELIABLE)
     publisher = ros_client.node.create_publisher(Image, f"/{name}/image_raw", RELIABLE)
 

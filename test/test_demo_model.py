@@ -12,10 +12,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from conftest import wait_until
+from g2vlm_ros.backends.registry import DEMO_CHECKPOINT
+from g2vlm_ros.backends.torch_backend import folder_token_ids
 from g2vlm_ros.model import load_checkpoint
 from g2vlm_ros.ros.conversions import image_to_numpy_float, numpy_to_image
-from g2vlm_ros.runtime.registry import DEMO_CHECKPOINT
-from g2vlm_ros.runtime.torch_backend import folder_token_ids
 from g2vlm_ros.training.evaluate import evaluate
 from g2vlm_ros.training.scenes import render_scenes
 

@@ -18,19 +18,21 @@ import pytest
 import torch
 
 from g2vlm_ros.cli.build_engine import main as build_engine_cli
-from g2vlm_ros.runtime import engines
-from g2vlm_ros.runtime.engines import (
+from g2vlm_ros.deploy import engine_keys, engine_loading, tensorrt_flavour
+from g2vlm_ros.deploy.build_progress import ProgressPrinter
+from g2vlm_ros.deploy.engine_build import build_engine
+from g2vlm_ros.deploy.engine_keys import (
     EngineError,
     EngineKey,
     EngineKeyMismatch,
-    ProgressPrinter,
-    build_engine,
     engine_manifest_path,
     expected_key,
     find_engine,
-    load_engine_bytes,
     sha256_bytes,
 )
+from g2vlm_ros.deploy.engine_loading import load_engine_bytes
+from g2vlm_ros.deploy.export_manifest import EXPORT_MANIFEST_FORMAT
+from g2vlm_ros.model.checkpoint import TORCH_DTYPES
 
 pytestmark = [  # the exporters' own deprecation/tracer chatter, not about engines
     pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
@@ -85,14 +87,14 @@ def test_key_round_trips_through_a_dict_and_rejects_bad_fields():
 
 @pytest.mark.parametrize("spelling", ["sm89", "SM89", "sm_89", "8.9", "89", (8, 9)])
 def test_compute_capability_spellings_normalise(spelling):
-    assert engines.normalize_compute_capability(spelling) == "sm89"
+    assert engine_keys.normalize_compute_capability(spelling) == "sm89"
 
 
 def test_compute_capability_normalisation_keeps_two_digit_majors_and_rejects_junk():
-    assert engines.normalize_compute_capability("12.0") == "sm120"
-    assert engines.normalize_compute_capability("sm120") == "sm120"
+    assert engine_keys.normalize_compute_capability("12.0") == "sm120"
+    assert engine_keys.normalize_compute_capability("sm120") == "sm120"
     with pytest.raises(EngineError, match="compute capability"):
-        engines.normalize_compute_capability("hopper")
+        engine_keys.normalize_compute_capability("hopper")
 
 
 def test_expected_key_comes_from_the_export_manifest():
@@ -119,44 +121,53 @@ def test_build_refuses_an_unknown_precision_before_touching_tensorrt(tmp_path):
         build_engine(onnx_path, export_manifest(precision="int8"), tmp_path, compute_capability=TARGET)
 
 
+def test_build_refuses_a_json_file_that_is_not_an_export_manifest(tmp_path):
+    """The builder reads manifest files with the backends' reader: no exporter format tag, no build."""
+    onnx_path = tmp_path / "g.onnx"
+    onnx_path.write_bytes(b"not parsed: refused first")
+    onnx_path.with_suffix(".json").write_text(json.dumps(export_manifest()))  # every field but "format"
+    with pytest.raises(EngineError, match="is not a g2vlm_ros geometry export manifest"):
+        build_engine(onnx_path, None, tmp_path, compute_capability=TARGET)
+
+
 def test_build_reports_a_missing_onnx_file(tmp_path):
     with pytest.raises(EngineError, match="does not exist"):
         build_engine(tmp_path / "missing.onnx", export_manifest(), tmp_path, compute_capability=TARGET)
 
 
 def test_import_tensorrt_prefers_full_tensorrt_then_rtx_then_fails_clearly(monkeypatch):
-    monkeypatch.delenv(engines.FLAVOUR_ENV, raising=False)
+    monkeypatch.delenv(tensorrt_flavour.FLAVOUR_ENV, raising=False)
     full, rtx = types.ModuleType("tensorrt"), types.ModuleType("tensorrt_rtx")
     full.__version__, rtx.__version__ = "10.9.0", "1.7.1"
     monkeypatch.setitem(sys.modules, "tensorrt", full)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
-    assert engines.import_tensorrt() == (full, "tensorrt", "10.9.0")
+    assert tensorrt_flavour.import_tensorrt() == (full, "tensorrt", "10.9.0")
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # None in sys.modules makes `import` raise ImportError
-    assert engines.import_tensorrt() == (rtx, "tensorrt-rtx", "1.7.1")
+    assert tensorrt_flavour.import_tensorrt() == (rtx, "tensorrt-rtx", "1.7.1")
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     with pytest.raises(EngineError, match="neither TensorRT nor TensorRT-RTX can be imported"):
-        engines.import_tensorrt()
+        tensorrt_flavour.import_tensorrt()
 
 
 def test_the_flavour_can_be_chosen_when_both_are_installed(monkeypatch):
     full, rtx = types.ModuleType("tensorrt"), types.ModuleType("tensorrt_rtx")
     monkeypatch.setitem(sys.modules, "tensorrt", full)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
-    monkeypatch.setenv(engines.FLAVOUR_ENV, "tensorrt-rtx")
-    assert engines.import_tensorrt()[:2] == (rtx, "tensorrt-rtx")
+    monkeypatch.setenv(tensorrt_flavour.FLAVOUR_ENV, "tensorrt-rtx")
+    assert tensorrt_flavour.import_tensorrt()[:2] == (rtx, "tensorrt-rtx")
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     with pytest.raises(EngineError, match="tensorrt-rtx .chosen by G2VLM_TENSORRT_FLAVOUR. cannot be imported"):
-        engines.import_tensorrt()
-    monkeypatch.setenv(engines.FLAVOUR_ENV, "onnxruntime")
+        tensorrt_flavour.import_tensorrt()
+    monkeypatch.setenv(tensorrt_flavour.FLAVOUR_ENV, "onnxruntime")
     with pytest.raises(EngineError, match="not one of tensorrt, tensorrt-rtx"):
-        engines.import_tensorrt()
+        tensorrt_flavour.import_tensorrt()
 
 
 def write_fake_engine(folder: Path, key: EngineKey, payload: bytes = b"engine bytes") -> Path:
     """An engine file and manifest as build_engine writes them, without TensorRT (load does not parse)."""
     path = folder / f"{key.file_stem()}.engine"
     path.write_bytes(payload)
-    record = {"format": engines.MANIFEST_FORMAT, "key": key.to_dict(), "engine_sha256": sha256_bytes(payload)}
+    record = {"format": engine_keys.MANIFEST_FORMAT, "key": key.to_dict(), "engine_sha256": sha256_bytes(payload)}
     engine_manifest_path(path).write_text(json.dumps(record))
     return path
 
@@ -240,7 +251,7 @@ class Toy(torch.nn.Module):
 
 def export_toy(folder: Path, precision: str = "fp32", external_data: bool = False) -> Path:
     """A toy ONNX graph with a manifest in the exporter's format (input [1, 8, 32] standing for 1x8x32)."""
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = TORCH_DTYPES[precision]
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / f"toy_{precision}.onnx"
     example = torch.randn(1, 8, 32, dtype=dtype)
@@ -252,7 +263,8 @@ def export_toy(folder: Path, precision: str = "fp32", external_data: bool = Fals
         model = onnx.load(str(onnx_path))
         onnx.save_model(model, str(onnx_path), save_as_external_data=True, location=onnx_path.name + ".data",
                         size_threshold=0)
-    manifest = {"model_hash": "feedc0de" * 8, "bucket": {"views": 1, "height": 8, "width": 32},
+    manifest = {"format": EXPORT_MANIFEST_FORMAT, "model_hash": "feedc0de" * 8,
+                "bucket": {"views": 1, "height": 8, "width": 32},
                 "precision": precision, "opset": 18, "onnx_file": onnx_path.name,
                 "inputs": [{"name": "x", "shape": [1, 8, 32], "dtype": str(dtype).removeprefix("torch.")}],
                 "outputs": [{"name": "y", "shape": [1, 8, 16], "dtype": "float32"}]}
@@ -265,15 +277,15 @@ def trt_rtx():
     """TensorRT-RTX, chosen even where full TensorRT is installed too: these tests build for sm89 off-GPU."""
     module = pytest.importorskip("tensorrt_rtx")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(engines.FLAVOUR_ENV, "tensorrt-rtx")
+        patch.setenv(tensorrt_flavour.FLAVOUR_ENV, "tensorrt-rtx")
         yield module
 
 
 @pytest.fixture(scope="module")
 def geometry_build(trt_rtx, tmp_path_factory):
     """The tiny G2VLM geometry graph (random weights, 1 view of 28x42) exported and built once for sm89."""
+    from g2vlm_ros.deploy.export import Bucket, export_geometry_onnx
     from g2vlm_ros.model import G2VLM, tiny_config
-    from g2vlm_ros.runtime.export import Bucket, export_geometry_onnx
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("geometry")
@@ -306,15 +318,15 @@ def test_real_build_writes_engine_and_manifest_with_the_expected_key(geometry_bu
 def test_engine_header_is_accepted_on_cpu_and_garbage_is_not(geometry_build, trt_rtx):
     """Without a GPU TensorRT-RTX checks only the header (magic tag, size) before it needs the GPU."""
     _, build, _ = geometry_build
-    check = engines.check_engine_header(build.engine_path.read_bytes())
+    check = engine_loading.check_engine_header(build.engine_path.read_bytes())
     assert check is not None and check.structurally_ok, check
-    garbage = engines.check_engine_header(b"\0" * 4096)
+    garbage = engine_loading.check_engine_header(b"\0" * 4096)
     assert not garbage.structurally_ok and "MALFORMED_ENGINE" in garbage.diagnostics
 
 
 def test_engine_deserializes_on_a_matching_gpu(trt_rtx, tmp_path):
     """Full deserialization needs a GPU that TensorRT-RTX can target; on CPU-only machines this is skipped."""
-    local = engines.current_compute_capability()
+    local = tensorrt_flavour.current_compute_capability()
     if local is None or not hasattr(trt_rtx.ComputeCapability, local.upper()):
         pytest.skip(f"deserializing needs a GPU TensorRT-RTX can target (here: {local or 'no GPU'})")
     build = build_engine(export_toy(tmp_path), None, tmp_path, log=lambda line: None)
@@ -393,7 +405,7 @@ def test_unparsable_onnx_and_unsupported_targets_are_reported(trt_rtx, tmp_path)
     onnx_path.write_bytes(b"garbage")
     with pytest.raises(EngineError, match="ONNX parser rejected.*MODEL_DESERIALIZE_FAILED"):
         build_engine(onnx_path, None, tmp_path, compute_capability=TARGET, log=lambda line: None)
-    if engines.current_compute_capability() is None:
+    if tensorrt_flavour.current_compute_capability() is None:
         with pytest.raises(EngineError, match="no GPU here"):
             build_engine(onnx_path, None, tmp_path)
 

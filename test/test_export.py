@@ -8,9 +8,10 @@ import torch
 
 from conftest import PARITY
 from g2vlm_ros.cli.export_onnx import main as export_cli
+from g2vlm_ros.deploy.export import Bucket, export_geometry_onnx, model_fingerprint
+from g2vlm_ros.deploy.export_manifest import read_export_manifest
 from g2vlm_ros.model import load_checkpoint
 from g2vlm_ros.model.g2vlm import Reconstruction
-from g2vlm_ros.runtime.export import Bucket, export_geometry_onnx, model_fingerprint, read_manifest
 
 ort = pytest.importorskip("onnxruntime")
 SPECIAL = {"bos_token_id": 1, "eos_token_id": 2, "start_of_image": 3, "end_of_image": 4}
@@ -46,7 +47,7 @@ def test_manifest_describes_the_graph(tiny_checkpoint, tmp_path):
     expected_hash = model_fingerprint(model)
     result = export_geometry_onnx(model, Bucket(1, 28, 28), tmp_path, prefix_token_ids=PROMPT,
                                   special_token_ids=SPECIAL)
-    manifest = read_manifest(result.manifest_path)
+    manifest = read_export_manifest(result.manifest_path)
     assert manifest["model_hash"] == expected_hash and result.onnx_path.name.startswith(
         f"g2vlm_geometry_{expected_hash[:12]}_1x28x28_fp32")
     assert manifest["bucket"] == {"views": 1, "height": 28, "width": 28}

@@ -88,8 +88,8 @@ def test_a_broken_checkpoint_fails_configure_with_the_reason_and_the_node_stays_
 
 def test_graphs_exported_from_another_checkpoint_are_refused_with_the_reason(start_node, ros_client, tiny_checkpoint,
                                                                              tmp_path, camera):
+    from g2vlm_ros.deploy.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
     from g2vlm_ros.model import load_checkpoint, tiny_config, write_random_checkpoint
-    from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
 
     engines = tmp_path / "engines"
     engines.mkdir()
@@ -185,7 +185,7 @@ def test_a_subscriber_that_stops_reading_does_not_slow_the_node(start_node, ros_
     cam = camera(rate_hz=10.0)
     depth_topic = f"/g2vlm/{cam.name}/depth_relative"
     depth = ros_client.collect(Image, depth_topic, RELIABLE)
-    node = start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable")
+    node = start_node(backend="placeholder", cameras=[cam.name], input_qos="reliable")
     stalled = subprocess.Popen([sys.executable, "-c", STALLING_SUBSCRIBER, depth_topic], stdout=subprocess.PIPE,
                                text=True, env=os.environ.copy())
     try:
@@ -241,7 +241,7 @@ def test_ctrl_c_waits_for_rclpy_signal_thread_before_destroying_the_executor(sta
     has begun teardown: the node must wait for that thread, not free what it triggers. Here the thread
     sleeps 3 s before triggering while the main thread wakes within 1 s (the diagnostics timer) and sees its
     KeyboardInterrupt. Without the wait this crashed (SIGSEGV) or logged a failed trigger."""
-    node = start_node(backend="test_pattern", diagnostics_period_s=1.0,
+    node = start_node(backend="placeholder", diagnostics_period_s=1.0,
                       extra_env={"LD_PRELOAD": str(slow_signal_thread), "SLOW_SIGNAL_THREAD_MS": "3000"})
     time.sleep(0.5)  # spinning
     code = node.stop(timeout_s=30)

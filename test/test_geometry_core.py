@@ -1,10 +1,13 @@
-"""ROS-free core: pinhole math, rotations, the test-pattern backend, backend selection, the worker."""
+"""ROS-free core: pinhole math, rotations, the placeholder backend, backend selection, the worker."""
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from g2vlm_ros.backends.backend import BackendUnavailableError, InvalidInputError
+from g2vlm_ros.backends.placeholder import PlaceholderBackend
+from g2vlm_ros.backends.registry import BackendRequest, create_backend, renamed_backend_warning
 from g2vlm_ros.geometry.pinhole import (
     backproject_depth,
     intrinsics_from_fov,
@@ -14,9 +17,6 @@ from g2vlm_ros.geometry.pinhole import (
 )
 from g2vlm_ros.geometry.rotations import matrix_to_quaternion_xyzw
 from g2vlm_ros.pipeline.worker import LatestOnlyWorker
-from g2vlm_ros.runtime.backend import BackendUnavailableError, InvalidInputError
-from g2vlm_ros.runtime.registry import BackendRequest, create_backend
-from g2vlm_ros.runtime.test_pattern import TestPatternBackend
 
 
 def test_backprojection_hand_values():
@@ -71,8 +71,8 @@ def test_quaternion_agrees_with_transforms3d_on_random_rotations():
         np.testing.assert_allclose([w, x, y, z], expected, atol=1e-9)
 
 
-def test_test_pattern_backend_is_a_predictable_function_of_the_image():
-    backend = TestPatternBackend(downsample=4)
+def test_placeholder_backend_is_a_predictable_function_of_the_image():
+    backend = PlaceholderBackend(downsample=4)
     grey = np.full((48, 64, 3), 51, np.uint8)  # luminance 0.2
     red = np.zeros((48, 64, 3), np.uint8)
     red[..., 0] = 255  # luminance 0.299
@@ -90,7 +90,7 @@ def test_test_pattern_backend_is_a_predictable_function_of_the_image():
 @pytest.mark.parametrize("images", [[], [np.zeros((4, 4), np.uint8)], [np.zeros((4, 4, 3), np.float32)]])
 def test_backends_refuse_bad_images(images):
     with pytest.raises(InvalidInputError):
-        TestPatternBackend().run(images)
+        PlaceholderBackend().run(images)
 
 
 def test_auto_never_selects_the_placeholder_and_explains_why():
@@ -102,7 +102,15 @@ def test_auto_never_selects_the_placeholder_and_explains_why():
     assert "tensorrt" in message and "onnxruntime" in message and "torch" in message
     with pytest.raises(BackendUnavailableError, match="unknown backend 'magic'"):
         create_backend(BackendRequest(backend="magic"))
-    assert create_backend(BackendRequest(backend="test_pattern")).is_placeholder
+    assert create_backend(BackendRequest(backend="placeholder")).is_placeholder
+
+
+def test_the_placeholders_old_name_still_selects_it_and_has_a_rename_warning():
+    """`test_pattern` is what users' launch files may still say; the node logs the warning at configure."""
+    old = create_backend(BackendRequest(backend="test_pattern"))
+    assert isinstance(old, PlaceholderBackend) and old.name == "placeholder"
+    assert "renamed to placeholder" in renamed_backend_warning("test_pattern")
+    assert renamed_backend_warning("placeholder") is None and renamed_backend_warning("auto") is None
 
 
 def test_worker_keeps_only_the_newest_pending_item():

@@ -27,7 +27,7 @@ def camera_name() -> str:
 def test_a_camera_that_stops_is_reported_stalled_with_its_age_and_its_rate_decays(start_node, ros_client, camera):
     cam = camera(size=SMALL)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", camera_timeout_s=1.0,
+    start_node(backend="placeholder", cameras=[cam.name], input_qos="reliable", camera_timeout_s=1.0,
                inference_timeout_s=2.0)
     name = f"g2vlm: camera {cam.name}"
     wait_until(lambda: (entry := status(diagnostics, name)) and float(value(entry, "rate_hz") or 0) > 5, 20,
@@ -46,7 +46,7 @@ def test_a_camera_stamped_in_the_future_is_reported_as_a_sync_failure_with_its_s
                                                                                    camera):
     live, skewed = camera(size=SMALL), camera(offset_s=10.0, size=SMALL)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    start_node(backend="test_pattern", cameras=[live.name, skewed.name], input_qos="reliable", camera_timeout_s=1.0)
+    start_node(backend="placeholder", cameras=[live.name, skewed.name], input_qos="reliable", camera_timeout_s=1.0)
     entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and found.level == WARN
                        and "no synchronized set" in found.message and found, 15, "no sync failure reported")
     assert f"camera '{skewed.name}' is stamped 10.0" in entry.message, entry.message
@@ -69,7 +69,7 @@ def test_camera_info_is_rescaled_or_ignored_never_contradicting_the_depth_image(
     infos = ros_client.node.create_publisher(CameraInfo, f"/{cam}/camera_info", RELIABLE)
     depth = ros_client.collect(Image, f"/g2vlm/{cam}/depth_relative", RELIABLE)
     republished = ros_client.collect(CameraInfo, f"/g2vlm/{cam}/camera_info", RELIABLE)
-    node = start_node(backend="test_pattern", cameras=[cam], input_qos="reliable")
+    node = start_node(backend="placeholder", cameras=[cam], input_qos="reliable")
 
     def send(info_width: int, info_height: int) -> None:
         info = CameraInfo(header=Header(frame_id="x"), width=info_width, height=info_height)
@@ -151,7 +151,7 @@ def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_
     try:
         depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
         diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-        node = start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", extra_env=tf2_msgs_env)
+        node = start_node(backend="placeholder", cameras=[cam.name], input_qos="reliable", extra_env=tf2_msgs_env)
         wait_until(lambda: len(depth) >= 5, 20, f"no output:\n{node.log()[-3000:]}")
         others.append(_process(STATIC_TF, [f"base_link>g2vlm/{cam.name}_optical"], tf2_msgs_env))
         entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and found.level == ERROR
@@ -169,7 +169,7 @@ def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_
         # configured once discovery is done, as a lifecycle manager would: the tree is then there to be read
         # in a namespace of its own: /g2vlm/change_state may still be matched to the node stopped above, and a
         # request sent there is lost
-        failing = start_node(backend="test_pattern", cameras=[clash], autostart=False, extra_env=tf2_msgs_env,
+        failing = start_node(backend="placeholder", cameras=[clash], autostart=False, extra_env=tf2_msgs_env,
                              ros_args=("-r", f"__ns:=/{clash}"))
         time.sleep(2.0)
         change = ros_client.call(ChangeState, f"/{clash}/g2vlm/change_state",

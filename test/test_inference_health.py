@@ -105,7 +105,7 @@ def test_run_window_retries_smaller_after_out_of_memory_and_reports_each_retry()
 
 
 def test_per_size_caches_keep_only_the_most_recently_used_buckets():
-    from g2vlm_ros.runtime.network_backend import BucketCache
+    from g2vlm_ros.backends.network_backend import BucketCache
 
     cache = BucketCache(capacity=2)
     cache.put("16 views", "a")
@@ -124,7 +124,7 @@ def test_the_torch_backend_frees_its_per_size_graphs_on_request(tiny_checkpoint,
     import numpy as np
     from test_backends import IDS
 
-    from g2vlm_ros.runtime.torch_backend import TorchBackend
+    from g2vlm_ros.backends.torch_backend import TorchBackend
 
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)

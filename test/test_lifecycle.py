@@ -29,7 +29,7 @@ def model_status(diagnostics: list[DiagnosticArray]):
 
 def test_transitions_start_stop_and_release_the_pipeline(start_node, ros_client):
     camera = f"lc{uuid.uuid4().hex[:6]}"
-    node = start_node(backend="test_pattern", cameras=[camera], autostart=False)
+    node = start_node(backend="placeholder", cameras=[camera], autostart=False)
     depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics")
     publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", qos_profile_sensor_data)

@@ -1,7 +1,7 @@
 """The perception node in its own process, driven over DDS from this process.
 
-The node runs the `test_pattern` backend, whose depth is 1 + luminance of the input pixel (see
-g2vlm_ros/runtime/test_pattern.py), so every value that comes back can be predicted here.
+The node runs the `placeholder` backend, whose depth is 1 + luminance of the input pixel (see
+g2vlm_ros/backends/placeholder.py), so every value that comes back can be predicted here.
 """
 import math
 import uuid
@@ -63,8 +63,15 @@ def rgb_image(colour, header, encoding="rgb8", width=WIDTH, height=HEIGHT) -> Im
     return msg
 
 
+def test_the_old_backend_name_test_pattern_starts_the_placeholder_with_one_rename_warning(start_node):
+    node = start_node(backend="test_pattern", cameras=["legacy"])
+    log = node.log()
+    assert log.count("renamed to placeholder") == 1, log
+    assert "backend ready: placeholder" in log and "TEST PLACEHOLDER" in log
+
+
 def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_node, ros_client, camera):
-    node = start_node(backend="test_pattern", cameras=[camera], cloud_stride=4)
+    node = start_node(backend="placeholder", cameras=[camera], cloud_stride=4)
     depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
     info = ros_client.collect(CameraInfo, f"/g2vlm/{camera}/camera_info")
     pose = ros_client.collect(PoseStamped, f"/g2vlm/{camera}/pose")
@@ -125,7 +132,7 @@ def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_
 
 @pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8"])
 def test_every_supported_encoding_yields_the_depth_of_its_colour(start_node, ros_client, camera, encoding):
-    start_node(backend="test_pattern", cameras=[camera])
+    start_node(backend="placeholder", cameras=[camera])
     depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
     publisher = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", qos_profile_sensor_data)
     colour = (90, 90, 90) if encoding == "mono8" else (10, 200, 30)
@@ -134,7 +141,7 @@ def test_every_supported_encoding_yields_the_depth_of_its_colour(start_node, ros
 
 
 def test_given_camera_info_is_republished_with_the_image_header(start_node, ros_client, camera):
-    start_node(backend="test_pattern", cameras=[camera], input_qos="reliable")
+    start_node(backend="placeholder", cameras=[camera], input_qos="reliable")
     info_out = ros_client.collect(CameraInfo, f"/g2vlm/{camera}/camera_info")
     info_pub = ros_client.node.create_publisher(CameraInfo, f"/{camera}/camera_info", 10)
     image_pub = ros_client.node.create_publisher(Image, f"/{camera}/image_raw", 10)
@@ -154,7 +161,7 @@ def test_given_camera_info_is_republished_with_the_image_header(start_node, ros_
 
 
 def test_fixed_scale_publishes_metres_on_depth_and_nothing_relative(start_node, ros_client, camera):
-    start_node(backend="test_pattern", cameras=[camera], scale_source="fixed", fixed_scale=2.5)
+    start_node(backend="placeholder", cameras=[camera], scale_source="fixed", fixed_scale=2.5)
     metric = ros_client.collect(Image, f"/g2vlm/{camera}/depth")
     relative = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
     pose = ros_client.collect(PoseStamped, f"/g2vlm/{camera}/pose")
@@ -167,7 +174,7 @@ def test_fixed_scale_publishes_metres_on_depth_and_nothing_relative(start_node, 
 
 def test_two_cameras_form_one_window(start_node, ros_client):
     left, right = f"l{uuid.uuid4().hex[:6]}", f"r{uuid.uuid4().hex[:6]}"
-    start_node(backend="test_pattern", cameras=[left, right])
+    start_node(backend="placeholder", cameras=[left, right])
     poses = {name: ros_client.collect(PoseStamped, f"/g2vlm/{name}/pose") for name in (left, right)}
     points = ros_client.collect(PointCloud2, "/g2vlm/points")
     pubs = {name: ros_client.node.create_publisher(Image, f"/{name}/image_raw", qos_profile_sensor_data)
@@ -187,7 +194,7 @@ def test_two_cameras_form_one_window(start_node, ros_client):
 
 
 def test_ask_service_validates_requests_and_never_invents_answers(start_node, ros_client, camera):
-    start_node(backend="test_pattern", cameras=[camera], max_question_bytes=100)
+    start_node(backend="placeholder", cameras=[camera], max_question_bytes=100)
     ask = "/g2vlm/ask"
     before = ros_client.call(Ask, ask, Ask.Request(question="How far is the wall?"))
     assert not before.success and "no perception window" in before.error and math.isnan(before.value)
@@ -273,7 +280,7 @@ def test_runtime_parameter_changes_are_validated(start_node, ros_client, camera)
     from rcl_interfaces.msg import ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
-    start_node(backend="test_pattern", cameras=[camera])
+    start_node(backend="placeholder", cameras=[camera])
 
     def set_parameter(name, value_kwargs):
         value = ParameterValue(**value_kwargs)
@@ -294,7 +301,7 @@ def test_raw_and_compressed_cameras_form_keyframe_windows(start_node, ros_client
     from sensor_msgs.msg import CompressedImage
 
     raw, jpeg = f"r{uuid.uuid4().hex[:6]}", f"j{uuid.uuid4().hex[:6]}"
-    start_node(backend="test_pattern", cameras=[raw, jpeg], window_size=2, sync_slop_s=0.02,
+    start_node(backend="placeholder", cameras=[raw, jpeg], window_size=2, sync_slop_s=0.02,
                **{f"{jpeg}.transport": "compressed", f"{jpeg}.image_topic": f"/{jpeg}/image/compressed"})
     pose_array = ros_client.collect(PoseArray, "/g2vlm/poses")
     path = ros_client.collect(Path, "/g2vlm/path")
@@ -321,7 +328,7 @@ def test_camera_topics_follow_the_namespace(start_node, ros_client):
     launched in the same namespace), and its outputs are under /<ns>/g2vlm."""
     namespace = f"ns_{uuid.uuid4().hex[:6]}"
     depth = ros_client.collect(Image, f"/{namespace}/g2vlm/front/depth_relative")
-    start_node(backend="test_pattern", cameras=["front"], ros_args=("-r", f"__ns:=/{namespace}"))
+    start_node(backend="placeholder", cameras=["front"], ros_args=("-r", f"__ns:=/{namespace}"))
     publisher = ros_client.node.create_publisher(Image, f"/{namespace}/front/image_raw", 10)
     wait_until(lambda: depth, 20, "no output from the namespaced camera topic",
                action=lambda: publisher.publish(rgb_image((5, 5, 5), stamped(ros_client, "front_optical"))))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from g2vlm_ros.backends.backend import GeometryResult
 from g2vlm_ros.pipeline.frame import Frame
 from g2vlm_ros.pipeline.postprocess import OutputPolicy, window_outputs
-from g2vlm_ros.runtime.backend import GeometryResult
 
 H, W = 6, 8  # the model's working resolution in these tests
 

@@ -253,7 +253,7 @@ def test_play_refuses_unplayable_sources_with_a_reason(tmp_path):
 
 def test_the_node_processes_a_compressed_camera_from_a_looping_bag(start_node, ros_client, tmp_path):
     write_camera_bag(tmp_path / "bag", "mcap", camera="/bag_node", count=5)
-    node = start_node(backend="test_pattern", cameras=["bagcam"], **{
+    node = start_node(backend="placeholder", cameras=["bagcam"], **{
         "bagcam.image_topic": "/bag_node/image_raw/compressed", "bagcam.transport": "compressed",
         "bagcam.camera_info_topic": "/bag_node/camera_info"})
     depth = ros_client.collect(Image, "/g2vlm/bagcam/depth_relative", RELIABLE)

@@ -67,7 +67,7 @@ def test_every_runtime_parameter_toggled_while_frames_flow_keeps_the_node_publis
     every change (turning keyframe_min_image_change on used to kill it: old keyframes had no thumbnail)."""
     cam = camera(size=SMALL)
     depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
-    node = start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", window_size=2)
+    node = start_node(backend="placeholder", cameras=[cam.name], input_qos="reliable", window_size=2)
     wait_until(lambda: len(depth) >= 3, 20, "no output before the changes")
     for name, (default, on) in RUNTIME_PARAMETERS.items():
         for setting in (on, default):
@@ -88,7 +88,7 @@ def test_runtime_keyframe_interval_takes_effect(start_node, ros_client, camera):
     """keyframe_min_interval_s set at runtime spaces the keyframes (the assembler cached the start-up value)."""
     cam = camera(rate_hz=10.0, size=SMALL)
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable", window_size=2,
+    start_node(backend="placeholder", cameras=[cam.name], input_qos="reliable", window_size=2,
                diagnostics_period_s=0.2)
 
     def keyframes_per_s(seconds: float) -> float:
@@ -191,7 +191,7 @@ def test_two_hundred_concurrent_action_goals_all_get_an_answer(start_node, ros_c
     or a refusal such as 'busy'); with the action services' default depth of 10 most never heard back."""
     cam = camera(size=SMALL)
     depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
-    start_node(backend="test_pattern", cameras=[cam.name], input_qos="reliable")
+    start_node(backend="placeholder", cameras=[cam.name], input_qos="reliable")
     wait_until(lambda: depth, 20, "no output")
     deep = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)  # the client's side must not drop either
     client = ActionClient(ros_client.node, AskAction, "/g2vlm/ask_stream", goal_service_qos_profile=deep,
@@ -215,7 +215,7 @@ def test_two_hundred_concurrent_action_goals_all_get_an_answer(start_node, ros_c
 
 
 def test_after_shutdown_the_reasons_say_so(start_node, ros_client):
-    node = start_node(backend="test_pattern")
+    node = start_node(backend="placeholder")
     change = ros_client.call(ChangeState, "/g2vlm/change_state",
                              ChangeState.Request(transition=Transition(label="shutdown")), timeout_s=20)
     assert change.success
@@ -227,7 +227,7 @@ def test_after_shutdown_the_reasons_say_so(start_node, ros_client):
 
 def test_use_sim_time_without_clock_is_said_once_and_diagnostics_go_on(start_node, ros_client):
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    node = start_node(backend="test_pattern", use_sim_time=True)
+    node = start_node(backend="placeholder", use_sim_time=True)
     entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and "no /clock" in found.message
                        and found, 20, "diagnostics do not say that /clock is missing")
     assert entry.level == WARN

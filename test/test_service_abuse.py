@@ -62,12 +62,12 @@ def run_raw_client(raw_ask_client, mode: str, question: bytes) -> subprocess.Com
 
 
 class AnsweringNode:
-    """A node (test_pattern backend) fed by a camera timer in the test's client, ready to answer."""
+    """A node (placeholder backend) fed by a camera timer in the test's client, ready to answer."""
 
     def __init__(self, start_node, ros_client, **parameters):
         self.ros = ros_client
         self.camera = f"abuse_{uuid.uuid4().hex[:8]}"
-        self.node = start_node(backend="test_pattern", cameras=[self.camera], input_qos="reliable", **parameters)
+        self.node = start_node(backend="placeholder", cameras=[self.camera], input_qos="reliable", **parameters)
         self.depth = ros_client.collect(Image, f"/g2vlm/{self.camera}/depth_relative", RELIABLE)
         self.feed = Camera(ros_client, self.camera, rate_hz=10.0)
         self.client = ros_client.node.create_client(Ask, "/g2vlm/ask", qos_profile=RELIABLE)
@@ -186,7 +186,7 @@ def test_a_question_asked_the_moment_the_first_output_arrives_is_answered(start_
     """Outputs and the window they come from must be answerable together: a planner that asks as soon as it
     sees the first depth image must not be told that no window exists yet."""
     camera = f"first_{uuid.uuid4().hex[:8]}"
-    start_node(backend="test_pattern", cameras=[camera], input_qos="reliable", cloud_stride=1)
+    start_node(backend="placeholder", cameras=[camera], input_qos="reliable", cloud_stride=1)
     client = ros_client.node.create_client(Ask, "/g2vlm/ask", qos_profile=RELIABLE)
     assert client.wait_for_service(timeout_sec=10)
     futures = []

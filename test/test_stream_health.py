@@ -18,7 +18,7 @@ from g2vlm_ros.ros.camera_input import (
     frame_header,
     rescaled_camera_info,
 )
-from g2vlm_ros.ros.params import PARAMETERS, CameraConfig, NodeConfig, make_set_parameters_callback
+from g2vlm_ros.ros.params import PARAMETERS, CameraConfig, ConfigError, NodeConfig, make_set_parameters_callback
 
 S = 1_000_000_000
 
@@ -137,6 +137,14 @@ def test_the_typed_configuration_has_one_field_per_parameter():
         if spec.name != "cameras":
             assert fields[spec.name] == type(spec.default).__name__, spec.name  # annotations are strings here
     assert config().values()["cameras"] == ["cam"] and config(window_size=3).window_size == 3
+
+
+def test_the_backend_parameter_accepts_the_placeholders_old_name_without_listing_it():
+    backend = next(spec for spec in PARAMETERS if spec.name == "backend")
+    backend.check("test_pattern")  # users' launch files keep working; configure warns that it was renamed
+    assert "placeholder" in backend.choices and "test_pattern" not in backend.choices
+    with pytest.raises(ConfigError, match="'magic' is not one of"):
+        backend.check("magic")
 
 
 def test_runtime_changes_follow_the_start_up_rules():

@@ -14,13 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from g2vlm_ros.geometry.tf_buffer import (
-    TransformBuffer,
-    TransformUnavailable,
-    matrix_from_translation_quaternion,
-    quaternion_from_matrix,
-    slerp,
-)
+from g2vlm_ros.geometry.rotations import matrix_from_translation_quaternion, matrix_to_quaternion_xyzw, slerp
+from g2vlm_ros.geometry.tf_buffer import TransformBuffer, TransformUnavailable
 
 S = 1_000_000_000  # nanoseconds per second
 IDENTITY_Q = (0.0, 0.0, 0.0, 1.0)
@@ -88,7 +83,7 @@ def test_slerp_takes_the_short_way_when_the_quaternion_sign_flips():
 def test_quaternion_from_matrix_near_180_degrees():
     angle = math.pi - 1e-9
     rotation = np.array([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]])
-    q = quaternion_from_matrix(rotation)
+    q = matrix_to_quaternion_xyzw(rotation)
     np.testing.assert_allclose(matrix_from_translation_quaternion((0, 0, 0), q)[:3, :3], rotation, atol=1e-9)
     assert abs(q[0]) == pytest.approx(1.0)
 

@@ -35,7 +35,7 @@ rclpy.spin(node)
 
 def test_transforms_reach_tf_with_world_parent_camera_child_and_source_stamp(start_node, ros_client, tf2_msgs_env):
     camera = f"tf{uuid.uuid4().hex[:6]}"
-    node = start_node(backend="test_pattern", cameras=[camera, f"{camera}b"], extra_env=tf2_msgs_env)
+    node = start_node(backend="placeholder", cameras=[camera, f"{camera}b"], extra_env=tf2_msgs_env)
     assert "TF output" not in node.log(), "the node should have found tf2_msgs"
     listener = subprocess.Popen([sys.executable, "-c", LISTENER, f"g2vlm/{camera}b_optical"],
                                 env={**os.environ, **tf2_msgs_env}, stdout=subprocess.PIPE,

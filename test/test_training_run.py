@@ -4,8 +4,8 @@ import json
 
 import torch
 
+from g2vlm_ros.backends.torch_backend import folder_token_ids
 from g2vlm_ros.model import load_checkpoint
-from g2vlm_ros.runtime.torch_backend import folder_token_ids
 from g2vlm_ros.training import train
 
 TINY_RUN = ["--batch", "1", "--views", "2", "--height", "56", "--width", "56", "--log-every", "1", "--device", "cpu",

@@ -22,9 +22,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from g2vlm_ros.backends.preprocess import prepare_images
 from g2vlm_ros.cli.bench_model import PROMPT_IDS, SPECIAL, build_model, count_flops, matmul_tflops, time_ms
 from g2vlm_ros.geometry.pinhole import resize_nearest
-from g2vlm_ros.runtime.preprocess import prepare_images
+from g2vlm_ros.model.checkpoint import TORCH_DTYPES
+from g2vlm_ros.precision import PRECISIONS
 
 CAMERA_W, CAMERA_H = 640, 480
 
@@ -63,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=("full", "tiny"), default="full")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--precisions", nargs="+", default=["bf16"])
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["bf16"])
     parser.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
@@ -72,9 +74,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    from g2vlm_ros.runtime.export import Bucket, export_geometry_onnx
-    from g2vlm_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
-    from g2vlm_ros.runtime.torch_backend import TorchBackend
+    from g2vlm_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from g2vlm_ros.backends.torch_backend import TorchBackend
+    from g2vlm_ros.deploy.export import Bucket, export_geometry_onnx
 
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -84,8 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{name}, torch {torch.__version__}, {args.config} G2VLM, matmul peak {peak:.1f} TFLOP/s", flush=True)
     rows, floors = [], {}
     for precision in args.precisions:
-        model = build_model(args.config, device, {"bf16": torch.bfloat16, "fp16": torch.float16,
-                                                  "fp32": torch.float32}[precision], seed=0)
+        model = build_model(args.config, device, TORCH_DTYPES[precision], seed=0)
         vocab = model.config.text.vocab_size
         special = {key: value % vocab for key, value in SPECIAL.items()}
         prompt = [value % vocab for value in PROMPT_IDS]

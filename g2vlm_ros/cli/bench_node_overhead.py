@@ -29,8 +29,8 @@ def canned_result(views: int):
     """A GeometryResult of the size G2VLM returns for 640x480 inputs (518x392), finite values."""
     import torch
 
+    from g2vlm_ros.backends.backend import GeometryResult
     from g2vlm_ros.geometry.pinhole import backproject_depth, intrinsics_from_fov
-    from g2vlm_ros.runtime.backend import GeometryResult
 
     k = intrinsics_from_fov(518, 392, np.deg2rad(60))
     depth = np.random.default_rng(0).uniform(1, 3, (views, 392, 518)).astype(np.float32)
@@ -56,6 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rclpy.qos import QoSProfile
     from std_msgs.msg import Header
 
+    from g2vlm_ros.backends.preprocess import prepare_images
     from g2vlm_ros.pipeline.postprocess import OutputPolicy, window_outputs
     from g2vlm_ros.pipeline.windowing import WindowAssembler, WindowPolicy
     from g2vlm_ros.ros.camera_input import CameraInput
@@ -63,7 +64,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     from g2vlm_ros.ros.outputs import FrameSettings, GeometryPublisher
     from g2vlm_ros.ros.params import CameraConfig
     from g2vlm_ros.ros.tf_output import TfOutput
-    from g2vlm_ros.runtime.preprocess import prepare_images
 
     rclpy.init()
     node = LifecycleNode("g2vlm_overhead_bench")

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from g2vlm_ros.runtime.engines import EngineError, build_engine
+from g2vlm_ros.deploy.engine_build import build_engine
+from g2vlm_ros.deploy.engine_keys import EngineError
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

@@ -199,10 +199,11 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from g2vlm_interfaces.srv import Ask
+    from g2vlm_ros.backends.registry import PLACEHOLDER_BACKEND, RENAMED_BACKENDS
     from g2vlm_ros.ros.spin import tear_down
 
-    if args.backend == "test_pattern":
-        banner("DEMO WITH THE TEST PATTERN BACKEND: depth = 1 + image brightness, poses are fixed.\n"
+    if RENAMED_BACKENDS.get(args.backend, args.backend) == PLACEHOLDER_BACKEND:
+        banner("DEMO WITH THE PLACEHOLDER BACKEND: depth = 1 + image brightness, poses are fixed.\n"
                "The ROS plumbing is real, the geometry is not.")
     print(f"camera source: {args.source} -> {camera.image_topic} ({camera.transport})", flush=True)
     player_cmd = [sys.executable, "-m", "g2vlm_ros.cli.play", *camera.player_args, "--wait-for-subscriber", "600"]
@@ -345,7 +346,7 @@ def write_previews(monitor: Monitor, output: Path) -> list[Path]:
 
 
 def pose_matrix(pose) -> np.ndarray:
-    from g2vlm_ros.geometry.tf_buffer import matrix_from_translation_quaternion
+    from g2vlm_ros.geometry.rotations import matrix_from_translation_quaternion
 
     q, p = pose.orientation, pose.position
     return matrix_from_translation_quaternion((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))

@@ -5,7 +5,7 @@
 
 Writes `<output-dir>/g2vlm_geometry_<hash>_<bucket>_<precision>.onnx` and a `.json` manifest
 beside it (default output dir: the package's engines/); <hash> is the checkpoint folder's
-fingerprint (runtime.export.checkpoint_fingerprint), which backends match against. Checkpoints
+fingerprint (deploy.export.checkpoint_fingerprint), which backends match against. Checkpoints
 without tokenizer files need --token-ids: a JSON file with "prompt_token_ids" and
 "special_token_ids" (the same content as a `token_ids.json` in the folder).
 """
@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from g2vlm_ros.precision import PRECISIONS
+
 DEFAULT_ENGINE_DIR = Path(__file__).resolve().parents[2] / "engines"
 
 
@@ -26,15 +28,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--views", type=int, default=1)
     parser.add_argument("--height", type=int, default=392)
     parser.add_argument("--width", type=int, default=518)
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_ENGINE_DIR)
     parser.add_argument("--external-data", action="store_true", help="store weights in <name>.onnx.data")
     parser.add_argument("--token-ids", type=Path, help="JSON with prompt_token_ids and special_token_ids")
     args = parser.parse_args(argv)
 
+    from g2vlm_ros.deploy.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
     from g2vlm_ros.model import CheckpointError, load_checkpoint
-    from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
 
     try:
         ids = json.loads(args.token_ids.read_text()) if args.token_ids else {}

@@ -15,45 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from g2vlm_ros.geometry.rotations import matrix_to_quaternion_xyzw
+from g2vlm_ros.geometry.rotations import invert_rigid, matrix_from_translation_quaternion, slerp
 
 
 class TransformUnavailable(LookupError):
     """No transform between two frames at the requested time; the message says why."""
-
-
-def matrix_from_translation_quaternion(translation, quaternion_xyzw) -> np.ndarray:
-    """4x4 rigid transform from a translation and a (not necessarily unit) quaternion x, y, z, w."""
-    x, y, z, w = np.asarray(quaternion_xyzw, dtype=np.float64) / np.linalg.norm(quaternion_xyzw)
-    matrix = np.eye(4)
-    matrix[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
-    matrix[:3, 3] = np.asarray(translation, dtype=np.float64)
-    return matrix
-
-
-def quaternion_from_matrix(rotation: np.ndarray) -> np.ndarray:
-    """Unit quaternion x, y, z, w (w >= 0) of a 3x3 rotation; Shepperd's method, stable near 180 degrees."""
-    return np.array(matrix_to_quaternion_xyzw(np.asarray(rotation)[:3, :3]))
-
-
-def slerp(q0_xyzw, q1_xyzw, fraction: float) -> np.ndarray:
-    """Spherical interpolation between unit quaternions along the shorter arc (q and -q are one rotation)."""
-    q0 = np.asarray(q0_xyzw, dtype=np.float64)
-    q1 = np.asarray(q1_xyzw, dtype=np.float64)
-    cos_angle = float(np.dot(q0, q1))
-    if cos_angle < 0.0:
-        q1, cos_angle = -q1, -cos_angle
-    if cos_angle > 0.9995:
-        # Nearly equal: sin(angle) ~ 0 would amplify rounding, and the chord is indistinguishable from the arc.
-        blended = q0 + fraction * (q1 - q0)
-        return blended / np.linalg.norm(blended)
-    angle = math.acos(min(cos_angle, 1.0))
-    blended = (math.sin((1.0 - fraction) * angle) * q0 + math.sin(fraction * angle) * q1) / math.sin(angle)
-    return blended / np.linalg.norm(blended)
 
 
 def _seconds(stamp_ns: int) -> str:
@@ -61,13 +27,6 @@ def _seconds(stamp_ns: int) -> str:
     sign = "-" if stamp_ns < 0 else ""
     whole, fraction = divmod(abs(stamp_ns), 1_000_000_000)
     return f"{sign}{whole}.{fraction:09d}".rstrip("0").rstrip(".") + " s"
-
-
-def _inverse(transform: np.ndarray) -> np.ndarray:
-    inverse = np.eye(4)
-    inverse[:3, :3] = transform[:3, :3].T
-    inverse[:3, 3] = -transform[:3, :3].T @ transform[:3, 3]
-    return inverse
 
 
 @dataclass
@@ -194,7 +153,7 @@ class TransformBuffer:
             stamp_ns = self._resolve_stamp(target, source, source_children + target_children, stamp_ns)
             common_T_source = self._chain_to_ancestor(source_children, stamp_ns)
             common_T_target = self._chain_to_ancestor(target_children, stamp_ns)
-        return _inverse(common_T_target) @ common_T_source
+        return invert_rigid(common_T_target) @ common_T_source
 
     def _path_to_root(self, frame: str) -> list[str]:
         path = [frame]

@@ -24,12 +24,14 @@ from safetensors.torch import save_file
 
 from g2vlm_ros.model.config import LAYER_SCALE_INIT, ConfigError, G2VLMConfig
 from g2vlm_ros.model.g2vlm import G2VLM, SPECIAL_TOKENS
+from g2vlm_ros.precision import PRECISIONS
 
 LOG = logging.getLogger("g2vlm_ros.model")
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+# in PRECISIONS' order; strict, so a precision added there without a dtype here fails at import
+TORCH_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+DTYPES = {**TORCH_DTYPES, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INIT_STD = 0.02  # initializer_range of the Qwen2-VL configs
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from g2vlm_ros.backends.backend import GeometryResult
 from g2vlm_ros.pipeline.windowing import Window
-from g2vlm_ros.runtime.backend import GeometryResult
 
 OUT_OF_MEMORY_POLICIES = ("reduce_window", "skip_window")
 FAILING_AFTER = 3  # this many failed windows in a row: the inference status is an error, not a warning

@@ -31,7 +31,7 @@ from g2vlm_ros.pipeline.windowing import Motion, Window, WindowAssembler, Window
 from g2vlm_ros.pipeline.worker import LatestOnlyWorker
 
 if TYPE_CHECKING:
-    from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult
+    from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult
 
 ERROR_LOG_PERIOD_S = 2.0  # failing windows are logged at most this often (each is counted)
 

@@ -19,7 +19,7 @@ from g2vlm_ros.geometry.pinhole import resize_nearest, scale_intrinsics
 from g2vlm_ros.pipeline.frame import Frame, newest_per_camera
 
 if TYPE_CHECKING:  # torch is imported where results are processed: a node without a torch backend starts faster
-    from g2vlm_ros.runtime.backend import GeometryResult
+    from g2vlm_ros.backends.backend import GeometryResult
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from g2vlm_ros.backends.registry import BACKEND_CHOICES, PLUGIN_PREFIX, RENAMED_BACKENDS
 from g2vlm_ros.pipeline.inference_health import OUT_OF_MEMORY_POLICIES
 from g2vlm_ros.pipeline.perception import PipelineSettings
 from g2vlm_ros.pipeline.windowing import WindowPolicy
-from g2vlm_ros.runtime.registry import BACKEND_CHOICES, PLUGIN_PREFIX, PRECISIONS
+from g2vlm_ros.precision import PRECISION_CHOICES
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 OUTPUT_QOS_CHOICES = ("reliable", "best_effort")
@@ -56,7 +57,9 @@ class ParamSpec:
         return descriptor
 
     def check(self, value: Any) -> None:
-        if self.name == "backend" and isinstance(value, str) and value.startswith(PLUGIN_PREFIX):
+        # plugins are open-ended; old backend names stay valid (configure warns) so users' launch files keep working
+        if self.name == "backend" and isinstance(value, str) and (value.startswith(PLUGIN_PREFIX)
+                                                                  or value in RENAMED_BACKENDS):
             return
         if self.choices and value not in self.choices:
             raise ConfigError(f"parameter '{self.name}' = '{value}' is not one of {', '.join(self.choices)}")
@@ -96,7 +99,7 @@ PARAMETERS = (
     ParamSpec("max_rate_hz", 10.0, "Upper bound on inference windows per second.", read_only=False,
               float_range=(0.01, 1000.0)),
     ParamSpec("backend", "auto", "Inference backend. auto = tensorrt, then onnxruntime, then torch, the "
-              "first that can run; test_pattern is a geometry-free placeholder for I/O tests only; "
+              "first that can run; placeholder is a geometry-free stand-in for I/O tests only; "
               "plugin:<module>:<Class> loads a GeometryBackend subclass of your own.",
               choices=BACKEND_CHOICES),
     ParamSpec("checkpoint_path", "", "Folder with a G2VLM checkpoint in the official layout; empty: the "
@@ -106,7 +109,7 @@ PARAMETERS = (
     ParamSpec("device", "cuda", "Compute device for torch/onnxruntime backends (cuda, cuda:N or cpu)."),
     ParamSpec("precision", "auto", "Model precision for the torch backend: auto (bf16 on GPUs that support it, "
               "fp32 on the CPU), fp32, fp16 or bf16. Exported graphs and engines carry their own.",
-              choices=PRECISIONS),
+              choices=PRECISION_CHOICES),
     ParamSpec("cuda_graphs", False, "torch backend on CUDA: capture each input size once as a CUDA graph "
               "and replay it (much lower latency; a few seconds of capture per new size)."),
     ParamSpec("allow_engine_rebuild", False, "tensorrt backend: rebuild an engine that does not match this "

@@ -30,6 +30,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from g2vlm_interfaces.msg import MetricScale
 from g2vlm_interfaces.srv import Ask
+from g2vlm_ros.backends.backend import GeometryBackend
+from g2vlm_ros.backends.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend, renamed_backend_warning
 from g2vlm_ros.pipeline.frame import Frame
 from g2vlm_ros.pipeline.perception import PerceptionPipeline, Snapshot
 from g2vlm_ros.pipeline.postprocess import WindowOutputs
@@ -54,8 +56,6 @@ from g2vlm_ros.ros.sim_clock import SimClockWatch
 from g2vlm_ros.ros.spin import CallbackGuard, EntityGate, LogThrottle, end_process, spin_and_tear_down
 from g2vlm_ros.ros.tf_input import TfInput
 from g2vlm_ros.ros.tf_output import TfOutput
-from g2vlm_ros.runtime.backend import GeometryBackend
-from g2vlm_ros.runtime.registry import DEMO_MODEL_WARNING, BackendRequest, create_backend
 
 NODE_NAME = "g2vlm"
 LOG_THROTTLE_S = 2.0
@@ -134,6 +134,8 @@ class PerceptionNode(LifecycleNode):
             request = BackendRequest(config.backend, config.checkpoint_path, config.engine_dir, config.device,
                                      config.precision, config.cuda_graphs, config.allow_engine_rebuild)
             self.get_logger().info(f"configure: loading backend '{config.backend}' ...")
+            if renamed_backend_warning(config.backend):
+                self.get_logger().warning(renamed_backend_warning(config.backend))
             self.backend_error = "the model is being loaded (configure in progress)"
             try:
                 backend = create_backend(request)

@@ -22,6 +22,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from g2vlm_interfaces.msg import MetricScale
+from g2vlm_ros.backends.backend import GeometryResult
 from g2vlm_ros.geometry.pinhole import resize_nearest
 from g2vlm_ros.geometry.scale import (
     ScaleFit,
@@ -36,7 +37,6 @@ from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
 from g2vlm_ros.ros.camera_input import stamp_ns, time_from_ns
 from g2vlm_ros.ros.conversions import ImageConversionError, depth_image_to_metres
 from g2vlm_ros.ros.tf_input import TfInput
-from g2vlm_ros.runtime.backend import GeometryResult
 
 DEPTH_HISTORY = 30  # depth images kept for matching by stamp (1 s at 30 Hz)
 

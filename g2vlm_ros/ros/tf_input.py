@@ -15,8 +15,8 @@ import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from g2vlm_ros.geometry.rotations import rotation_angle_deg
-from g2vlm_ros.geometry.tf_buffer import TransformBuffer, TransformUnavailable, matrix_from_translation_quaternion
+from g2vlm_ros.geometry.rotations import matrix_from_translation_quaternion, rotation_angle_deg
+from g2vlm_ros.geometry.tf_buffer import TransformBuffer, TransformUnavailable
 
 TF_TOPIC = "/tf"
 TF_STATIC_TOPIC = "/tf_static"

@@ -70,8 +70,8 @@ def evaluate(model, scenes: int, views: int, height: int, width: int, device: to
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from g2vlm_ros.backends.torch_backend import folder_token_ids
     from g2vlm_ros.model import load_checkpoint
-    from g2vlm_ros.runtime.torch_backend import folder_token_ids
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)

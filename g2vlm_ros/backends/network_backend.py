@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult, check_rgb_images
+from g2vlm_ros.backends.preprocess import prepare_images
 from g2vlm_ros.model.g2vlm import Reconstruction
-from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult, check_rgb_images
-from g2vlm_ros.runtime.preprocess import prepare_images
 
 
 class BucketCache:

@@ -26,14 +26,16 @@ import torch
 from torch import nn
 
 import g2vlm_ros
+from g2vlm_ros.deploy.export_manifest import EXPORT_MANIFEST_FORMAT, export_manifest_path
+from g2vlm_ros.model.checkpoint import TORCH_DTYPES
 from g2vlm_ros.model.config import DINO_INPUT_WIDTH, PATCH_SIZE
 from g2vlm_ros.model.g2vlm import G2VLM, ImageBlockInputs
 from g2vlm_ros.model.mot import KVCache
 from g2vlm_ros.model.preprocess import RESNET_MEAN, RESNET_STD, normalize_for_dino, resnet_statistics
+from g2vlm_ros.precision import PRECISIONS
 
 INPUT_NAME = "images"
 RAW_OUTPUTS = ("local_points", "global_points", "rotation_raw", "translation")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 18
 
 
@@ -151,12 +153,13 @@ def export_geometry_onnx(model: G2VLM, bucket: Bucket, output_dir: Path | str, p
     bucket.validate()
     started = time.perf_counter()
     model_hash = model_hash or model_fingerprint(model)
-    model = model.to(PRECISIONS[precision]).eval()
+    model = model.to(TORCH_DTYPES[precision]).eval()
     graph = GeometryGraph(model, bucket, prefix_token_ids, special_token_ids).eval()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"g2vlm_geometry_{model_hash[:12]}_{bucket.stem}_{precision}"
-    onnx_path, manifest_path = output_dir / f"{stem}.onnx", output_dir / f"{stem}.json"
+    onnx_path = output_dir / f"{stem}.onnx"
+    manifest_path = export_manifest_path(onnx_path)
     example = torch.rand(bucket.views, 3, bucket.height, bucket.width, device=model.device)
     with torch.no_grad():
         shapes = [tuple(t.shape) for t in graph(example)]
@@ -166,7 +169,7 @@ def export_geometry_onnx(model: G2VLM, bucket: Bucket, output_dir: Path | str, p
     if external_data:
         _move_weights_to_external_data(onnx_path)
     manifest = {
-        "format": "g2vlm_ros.geometry_onnx/1",
+        "format": EXPORT_MANIFEST_FORMAT,
         "model_hash": model_hash,
         "bucket": asdict(bucket),
         "precision": precision,
@@ -200,14 +203,3 @@ def _move_weights_to_external_data(onnx_path: Path) -> None:
     model = onnx.load(str(onnx_path))
     onnx.save_model(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=onnx_path.name + ".data", size_threshold=1024)
-
-
-def read_manifest(path: Path | str) -> dict:
-    """Loads an export manifest; raises ValueError for files that are not one."""
-    try:
-        manifest = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read export manifest {path}: {error}") from error
-    if manifest.get("format") != "g2vlm_ros.geometry_onnx/1":
-        raise ValueError(f"{path} is not a g2vlm_ros geometry export manifest")
-    return manifest

@@ -14,12 +14,13 @@ from typing import Optional
 
 import torch
 
+from g2vlm_ros.backends.backend import BackendUnavailableError
+from g2vlm_ros.backends.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.deploy.export import Bucket, GeometryGraph
 from g2vlm_ros.model import CheckpointError, load_checkpoint
-from g2vlm_ros.runtime.backend import BackendUnavailableError
-from g2vlm_ros.runtime.export import Bucket, GeometryGraph
-from g2vlm_ros.runtime.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.precision import AUTO_PRECISION
 
-LOG = logging.getLogger("g2vlm_ros.runtime")
+LOG = logging.getLogger("g2vlm_ros.backends")
 TOKEN_IDS_FILE = "token_ids.json"  # for checkpoint folders without tokenizer files
 
 
@@ -32,7 +33,7 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' is bf16 on GPUs that support it (as the official inference), fp32 on the CPU."""
-    if precision != "auto":
+    if precision != AUTO_PRECISION:
         return precision
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"

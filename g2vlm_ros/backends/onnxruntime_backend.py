@@ -14,11 +14,12 @@ from typing import Optional
 
 import torch
 
-from g2vlm_ros.runtime.backend import BackendUnavailableError
-from g2vlm_ros.runtime.export import Bucket, read_manifest
-from g2vlm_ros.runtime.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.backends.backend import BackendUnavailableError
+from g2vlm_ros.backends.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.deploy.export import Bucket
+from g2vlm_ros.deploy.export_manifest import read_export_manifest
 
-LOG = logging.getLogger("g2vlm_ros.runtime")
+LOG = logging.getLogger("g2vlm_ros.backends")
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -27,7 +28,7 @@ def find_exports(engine_dir: Path, model_hash: Optional[str]) -> dict[Bucket, di
     found = {}
     for path in sorted(Path(engine_dir).glob("g2vlm_geometry_*.json")):
         try:
-            manifest = read_manifest(path)
+            manifest = read_export_manifest(path)
         except ValueError:
             continue
         if model_hash and manifest["model_hash"] != model_hash:

@@ -3,7 +3,7 @@
 Engines are found through the export manifests in the engine folder (the ONNX graphs they were
 built from): for each exported bucket the expected key (checkpoint, bucket, precision, TensorRT
 flavour and version, this GPU's compute capability) names one engine file, whose manifest and
-checksum `engines.load_engine_bytes` verifies before any byte is used. An engine built for another
+checksum `engine_loading.load_engine_bytes` verifies before any byte is used. An engine built for another
 GPU, TensorRT or checkpoint is refused with every difference listed, or rebuilt from its ONNX
 graph when `allow_rebuild` is set. Inference: inputs and outputs are preallocated CUDA tensors
 bound by name, and `execute_async_v3` runs on torch's current stream; pre- and post-processing
@@ -18,24 +18,23 @@ from typing import Any, Optional
 
 import torch
 
-from g2vlm_ros.runtime.backend import BackendUnavailableError
-from g2vlm_ros.runtime.engines import (
+from g2vlm_ros.backends.backend import BackendUnavailableError
+from g2vlm_ros.backends.network_backend import NetworkBackend
+from g2vlm_ros.backends.onnxruntime_backend import find_exports
+from g2vlm_ros.deploy.engine_keys import (
     ENGINE_SUFFIX,
     EngineError,
     EngineKey,
-    current_compute_capability,
     engine_manifest_path,
     expected_key,
     find_engine,
-    import_tensorrt,
-    load_engine_bytes,
     read_json,
 )
-from g2vlm_ros.runtime.export import Bucket
-from g2vlm_ros.runtime.network_backend import NetworkBackend
-from g2vlm_ros.runtime.onnxruntime_backend import find_exports
+from g2vlm_ros.deploy.engine_loading import load_engine_bytes
+from g2vlm_ros.deploy.export import Bucket
+from g2vlm_ros.deploy.tensorrt_flavour import current_compute_capability, import_tensorrt
 
-LOG = logging.getLogger("g2vlm_ros.runtime")
+LOG = logging.getLogger("g2vlm_ros.backends")
 
 
 def torch_dtype(trt: Any, trt_type: Any) -> torch.dtype:

@@ -5,8 +5,9 @@
                    an engine built for this checkpoint, bucket, TensorRT version and GPU;
   2. onnxruntime - the engine folder holds an exported ONNX graph for this checkpoint;
   3. torch       - the checkpoint folder loads (on `device`, falling back to the CPU without CUDA).
-It never picks the `test_pattern` placeholder: a user who asks for a model gets a model or a clear
-error listing why each backend was not usable.
+It never picks the `placeholder` backend (geometry-free, for I/O tests): a user who asks for a model
+gets a model or a clear error listing why each backend was not usable. `test_pattern`, the placeholder's
+old name, is still accepted so that existing launch files keep working; the node warns when it is used.
 
 Without a checkpoint_path the model backends run the embedded demo model (DEMO_CHECKPOINT: 11.7 M
 parameters trained on procedural rooms, docs/demo_model.md), so the package works out of the box;
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Optional
 
 import g2vlm_ros
-from g2vlm_ros.runtime.backend import BackendUnavailableError, GeometryBackend
+from g2vlm_ros.backends.backend import BackendUnavailableError, GeometryBackend
+from g2vlm_ros.precision import AUTO_PRECISION, PRECISION_CHOICES
 
 MODEL_BACKENDS = ("tensorrt", "onnxruntime", "torch")
-BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + ("test_pattern",)
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PLACEHOLDER_BACKEND = "placeholder"
+BACKEND_CHOICES = ("auto",) + MODEL_BACKENDS + (PLACEHOLDER_BACKEND,)
+RENAMED_BACKENDS = {"test_pattern": PLACEHOLDER_BACKEND}  # old name -> new name, accepted with a warning
 PLUGIN_PREFIX = "plugin:"
 DEMO_CHECKPOINT = Path(g2vlm_ros.__file__).resolve().parent / "demo_model"
 
@@ -55,7 +58,7 @@ class BackendRequest:
     checkpoint_path: str = ""
     engine_dir: str = ""
     device: str = "cuda"
-    precision: str = "auto"
+    precision: str = AUTO_PRECISION
     cuda_graphs: bool = False
     allow_engine_rebuild: bool = False
 
@@ -75,7 +78,7 @@ class BackendRequest:
     @cached_property
     def model_hash(self) -> Optional[str]:
         """Fingerprint of the configured checkpoint folder (None without one): engines must match it."""
-        from g2vlm_ros.runtime.export import checkpoint_fingerprint
+        from g2vlm_ros.deploy.export import checkpoint_fingerprint
 
         folder = Path(self.checkpoint_path) if self.checkpoint_path else None
         return checkpoint_fingerprint(folder) if folder is not None and folder.is_dir() else None
@@ -83,7 +86,7 @@ class BackendRequest:
 
 def _create_model_backend(name: str, request: BackendRequest) -> GeometryBackend:
     if name == "torch":
-        from g2vlm_ros.runtime.torch_backend import TorchBackend
+        from g2vlm_ros.backends.torch_backend import TorchBackend
 
         device = request.device
         if device.startswith("cuda") and request.backend == "auto":
@@ -92,10 +95,10 @@ def _create_model_backend(name: str, request: BackendRequest) -> GeometryBackend
             device = device if torch.cuda.is_available() else "cpu"
         return TorchBackend(request.checkpoint_path, device, request.precision, cuda_graphs=request.cuda_graphs)
     if name == "onnxruntime":
-        from g2vlm_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from g2vlm_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(str(request.engines), request.model_hash, request.device)
-    from g2vlm_ros.runtime.tensorrt_backend import TensorRTBackend
+    from g2vlm_ros.backends.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(str(request.engines), request.model_hash, request.device,
                            allow_rebuild=request.allow_engine_rebuild)
@@ -115,20 +118,32 @@ def _create_plugin_backend(request: BackendRequest) -> GeometryBackend:
     return backend_class(request)
 
 
+def renamed_backend_warning(backend: str) -> Optional[str]:
+    """The warning for a backend asked for by an old name (None for a current name)."""
+    new_name = RENAMED_BACKENDS.get(backend)
+    if new_name is None:
+        return None
+    return (f"backend '{backend}' was renamed to {new_name}: set backend to '{new_name}' (the old name is "
+            "deprecated and will be removed)")
+
+
 def create_backend(request: BackendRequest) -> GeometryBackend:
     """Returns a ready backend or raises BackendUnavailableError naming every reason."""
     if request.backend.startswith(PLUGIN_PREFIX):
         return _create_plugin_backend(request)
+    if request.backend in RENAMED_BACKENDS:
+        request = replace(request, backend=RENAMED_BACKENDS[request.backend])
     if request.backend not in BACKEND_CHOICES:
         raise BackendUnavailableError(
             f"unknown backend '{request.backend}'; choose one of {', '.join(BACKEND_CHOICES)}"
         )
-    if request.precision not in PRECISIONS:
-        raise BackendUnavailableError(f"unknown precision '{request.precision}'; choose one of {', '.join(PRECISIONS)}")
-    if request.backend == "test_pattern":
-        from g2vlm_ros.runtime.test_pattern import TestPatternBackend
+    if request.precision not in PRECISION_CHOICES:
+        raise BackendUnavailableError(f"unknown precision '{request.precision}'; choose one of "
+                                      f"{', '.join(PRECISION_CHOICES)}")
+    if request.backend == PLACEHOLDER_BACKEND:
+        from g2vlm_ros.backends.placeholder import PlaceholderBackend
 
-        return TestPatternBackend()
+        return PlaceholderBackend()
     request = request.with_demo_model()
     if request.backend != "auto":
         return _create_model_backend(request.backend, request)

@@ -4,7 +4,8 @@ It does NOT run G2VLM and its output is not geometry: depth is a function of pix
 (depth = 1 + luminance, in relative units), cameras sit on a line along x, confidence equals the
 luminance. Because every output value is predictable from the input image, tests can check that
 pixels, headers and frames travel through the node unchanged. It is selected only by the explicit
-backend name "test_pattern", never by "auto", and the node logs a warning when it is in use.
+backend name "placeholder" (formerly "test_pattern", still accepted with a warning), never by "auto",
+and the node logs a warning when it is in use.
 """
 from __future__ import annotations
 
@@ -13,19 +14,19 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult, check_rgb_images
+from g2vlm_ros.backends.registry import PLACEHOLDER_BACKEND
 from g2vlm_ros.geometry.pinhole import backproject_depth, intrinsics_from_fov, resize_nearest, transform_points
-from g2vlm_ros.runtime.backend import GeometryBackend, GeometryResult, check_rgb_images
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 CAMERA_SPACING = 0.1  # relative units between consecutive views along world x
 HORIZONTAL_FOV_RAD = np.deg2rad(60.0)
 
 
-class TestPatternBackend(GeometryBackend):
+class PlaceholderBackend(GeometryBackend):
     """Predictable, image-derived outputs; see the module docstring. Not a model."""
 
-    __test__ = False  # keep pytest from collecting this class as a test case
-    name = "test_pattern"
+    name = PLACEHOLDER_BACKEND
     precision = "fp32"
     is_placeholder = True
 

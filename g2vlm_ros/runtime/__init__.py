@@ -1,1 +1,0 @@
-"""ROS-free inference runtime: the backend interface, backend selection and the inference worker."""
