@@ -1,6 +1,8 @@
 """Rotary position embeddings: M-RoPE for the language stack, 2D RoPE for the geometry heads."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from g2vlm_ros.model.config import MROPE_SECTION
@@ -33,6 +35,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+class RotaryTables(NamedTuple):
+    """cos/sin [..., N, half_dim] for the row half and the column half of the 2D RoPE."""
+
+    row_cos: torch.Tensor
+    row_sin: torch.Tensor
+    col_cos: torch.Tensor
+    col_sin: torch.Tensor
+
+
 class RoPE2D(torch.nn.Module):
     """2D rotary embedding of the π³-style heads: half the channels rotate with the patch row, half
     with the patch column, each half as 1D RoPE with base `frequency`."""
@@ -48,14 +59,21 @@ class RoPE2D(torch.nn.Module):
         freqs = torch.cat((freqs, freqs), dim=-1)
         return freqs.cos(), freqs.sin()
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens [B, heads, N, D], positions [B, N, 2] as (row, column) -> rotated tokens."""
-        half = tokens.shape[-1] // 2
+    def tables(self, positions: torch.Tensor, head_dim: int, dtype: torch.dtype) -> RotaryTables:
+        """The tables for positions [B, N, 2] as (row, column): computed once per forward and
+        shared by every block and head decoder instead of being recomputed for each q and k."""
+        half = head_dim // 2
+        rows, cols = positions[..., 0], positions[..., 1]
+        return RotaryTables(*self.cos_sin(rows, half, dtype), *self.cos_sin(cols, half, dtype))
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | RotaryTables) -> torch.Tensor:
+        """tokens [B, heads, N, D], positions [B, N, 2] as (row, column) or their tables -> rotated tokens."""
+        if not isinstance(positions, RotaryTables):
+            positions = self.tables(positions, tokens.shape[-1], tokens.dtype)
         rows, cols = tokens.chunk(2, dim=-1)
-        rotated = []
-        for part, axis in ((rows, 0), (cols, 1)):
-            cos, sin = self.cos_sin(positions[..., axis], half, tokens.dtype)
-            rotated.append(part * cos[:, None] + rotate_half(part) * sin[:, None])
+        rotated = [part * cos[:, None] + rotate_half(part) * sin[:, None]
+                   for part, cos, sin in ((rows, positions.row_cos, positions.row_sin),
+                                          (cols, positions.col_cos, positions.col_sin))]
         return torch.cat(rotated, dim=-1)
 
 
