@@ -6,15 +6,17 @@ although it only has to read the semantic expert's weights once. Here the cache 
 preallocated buffers ([kv_heads, capacity, head_dim] per layer); a step writes its key and value
 at slot `length` and attends over the whole buffer with the slots past it masked out, so every
 step has the same shapes and addresses and is captured once as a CUDA graph. The step computes
-what `append_text([token])` computes (same projections, norms, rotary angles and attention).
+what `append_text([token])` computes (same projections, norms and rotary angles; the attention
+of one query row as two batched matrix products around a softmax, where the fused attention
+kernels would parallelise poorly), with about 14 kernels per layer.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
+from g2vlm_ros.model import kernels
 from g2vlm_ros.model.mot import KVCache
 from g2vlm_ros.model.rope import mrope_cos_sin
 
@@ -35,6 +37,7 @@ class StaticDecoder:
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # its cache index
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # its M-RoPE position
         self.slots = torch.arange(capacity, device=device)
+        self.query = torch.zeros(text.num_attention_heads, 1, text.head_dim, device=device, dtype=dtype)
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.logits: Optional[torch.Tensor] = None
@@ -58,21 +61,35 @@ class StaticDecoder:
         text = self.model.config.text
         hidden = language.model.embed_tokens(self.token)  # [1, C]
         cos, sin = mrope_cos_sin(self.position.expand(3, 1), text.head_dim, text.rope_theta)
-        visible = (self.slots <= self.slot)[None, None, None]  # [1, 1, 1, capacity]
+        # additive mask over the slots: this token sees the cache and itself
+        bias = torch.zeros(1, 1, self.capacity, device=hidden.device, dtype=hidden.dtype)
+        bias.masked_fill_(self.slots > self.slot, float("-inf"))
         for layer, keys, values in zip(language.model.layers, self.keys, self.values, strict=True):
             attention = layer.self_attn
-            q, k, v = attention._project(layer.input_layernorm(hidden), cos, sin, "")
-            keys.index_copy_(1, self.slot, k)
-            values.index_copy_(1, self.slot, v)
-            # GQA without copies: the query heads of one key/value head form its query rows
-            folded = q.reshape(1, attention.kv_heads, -1, attention.head_dim)
-            out = F.scaled_dot_product_attention(folded, keys[None], values[None], attn_mask=visible)
+            q = self._project(attention, layer.input_layernorm(hidden), cos, sin, keys, values)
+            # GQA without copies: the query heads of one key/value head are its query rows
+            folded = q.reshape(attention.kv_heads, -1, attention.head_dim)
+            scores = torch.baddbmm(bias, folded, keys.transpose(1, 2), alpha=attention.head_dim ** -0.5)
+            out = torch.bmm(torch.softmax(scores, dim=-1), values)
             hidden = hidden + attention.o_proj(out.reshape(1, attention.heads * attention.head_dim))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         logits = language.lm_head(language.model.norm(hidden)[0]).float()
         self.slot.add_(1)
         self.position.add_(1)
         return logits
+
+    def _project(self, attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor) -> torch.Tensor:
+        """q [heads, 1, D]; the step's key and value go to the cache at `slot`."""
+        fused = attention._fused("")
+        if fused is not None and kernels.available(x):  # one kernel: norms, rotary, cache write
+            kernels.qkv_norm_rope(fused.packed(x), self.query, keys, values, attention.q_norm.weight,
+                                  attention.k_norm.weight, cos, sin, 0, self.slot, attention.q_norm.eps)
+            return self.query
+        q, k, v = attention._project(x, cos, sin, "")
+        keys.index_copy_(1, self.slot, k)
+        values.index_copy_(1, self.slot, v)
+        return q
 
     def _capture(self) -> None:
         """Warms up on a side stream (lazy initialisation stays out of the graph), then captures;

@@ -12,6 +12,8 @@ code in `mot.py`.
 """
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs go without
@@ -30,12 +32,16 @@ if triton is not None:
 
     @triton.jit
     def _qkv_norm_rope_kernel(qkv, q_out, k_out, v_out, q_weight, k_weight, cos, sin,
-                              length, q_heads, kv_heads, q_offset, kv_offset,
+                              length, q_heads, kv_heads, q_offset, kv_offset, kv_offset_ptr,
                               stride_row, stride_q_head, stride_kv_head, stride_table,
-                              eps, HALF: tl.constexpr, BLOCK_L: tl.constexpr):
+                              eps, HALF: tl.constexpr, BLOCK_L: tl.constexpr, OFFSET_IN_MEMORY: tl.constexpr):
         """Program (token block, head): head < q_heads is a query head, then kv_heads key heads,
-        then kv_heads value heads; rows [block*BLOCK_L, ...) of the projection output."""
+        then kv_heads value heads; rows [block*BLOCK_L, ...) of the projection output. With
+        OFFSET_IN_MEMORY the cache offset is read from kv_offset_ptr (a decode step in a CUDA
+        graph, whose slot advances on the device)."""
         block, head = tl.program_id(0), tl.program_id(1)
+        if OFFSET_IN_MEMORY:
+            kv_offset = tl.load(kv_offset_ptr).to(tl.int32)
         rows = block * BLOCK_L + tl.arange(0, BLOCK_L)
         cols = tl.arange(0, HALF)
         row_ok = rows < length
@@ -70,12 +76,45 @@ if triton is not None:
             tl.store(dest + HALF + cols[None, :], rotated_b, mask=mask)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _rms_norm_kernel(x, weight, out, width, stride_row, eps, BLOCK: tl.constexpr):
+        """One program per row: normalise and weight in fp32, round once."""
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < width
+        values = tl.load(x + row * stride_row + cols, mask=mask, other=0.0)
+        a = values.to(tl.float32)
+        inverse = tl.rsqrt(tl.sum(a * a, axis=0) / width + eps)
+        scale = tl.load(weight + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out + row * width + cols, (a * inverse * scale).to(values.dtype), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis of x (any leading axes) with weight [C], as F.rms_norm computes it.
+
+    Used on CUDA instead of F.rms_norm: with PyTorch's fused CUDA rms_norm, replays of this
+    model's captured CUDA graphs gave wrong outputs (torch 2.11, H200) while eager runs and the
+    unfused formula were right."""
+    width = x.shape[-1]
+    rows = x.reshape(-1, width)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    if rows.shape[0]:
+        _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, width, rows.stride(0), eps,
+                                           BLOCK=triton.next_power_of_2(width))
+    return out
+
+
 def qkv_norm_rope(qkv: torch.Tensor, q_out: torch.Tensor, k_out: torch.Tensor, v_out: torch.Tensor,
                   q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  q_offset: int, kv_offset: int, eps: float) -> None:
+                  q_offset: int, kv_offset: Union[int, torch.Tensor], eps: float) -> None:
     """qkv [L, (H + 2 KV) * D] (one expert's fused projection, rows contiguous) -> rows
     [q_offset, q_offset + L) of q_out [H, Lq, D] and rows [kv_offset, kv_offset + L) of
-    k_out / v_out [KV, Lk, D], with q/k RMSNorm (weights [D]) and rotary cos/sin [L, D] (fp32)."""
+    k_out / v_out [KV, Lk, D], with q/k RMSNorm (weights [D]) and rotary cos/sin [L, D] (fp32).
+    kv_offset may be a one-element integer tensor on the device, read by the kernel."""
     length = qkv.shape[0]
     heads, kv_heads, dim = q_out.shape[0], k_out.shape[0], q_out.shape[-1]
     for name, tensor in (("q_out", q_out), ("k_out", k_out), ("v_out", v_out)):
@@ -86,7 +125,8 @@ def qkv_norm_rope(qkv: torch.Tensor, q_out: torch.Tensor, k_out: torch.Tensor, v
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     block_l = 16
     grid = (triton.cdiv(length, block_l), heads + 2 * kv_heads)
+    in_memory = isinstance(kv_offset, torch.Tensor)
     _qkv_norm_rope_kernel[grid](qkv, q_out, k_out, v_out, q_weight, k_weight, cos, sin,
-                                length, heads, kv_heads, q_offset, kv_offset,
-                                qkv.stride(0), q_out.stride(0), k_out.stride(0), cos.stride(0),
-                                eps, HALF=dim // 2, BLOCK_L=block_l)
+                                length, heads, kv_heads, q_offset, 0 if in_memory else kv_offset,
+                                kv_offset if in_memory else qkv, qkv.stride(0), q_out.stride(0), k_out.stride(0),
+                                cos.stride(0), eps, HALF=dim // 2, BLOCK_L=block_l, OFFSET_IN_MEMORY=in_memory)

@@ -36,12 +36,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class RotaryTables(NamedTuple):
-    """cos/sin [..., N, half_dim] for the row half and the column half of the 2D RoPE."""
+    """The 2D RoPE as one rotation over all channels: x * cos + swap(x) * signed_sin, where swap
+    exchanges the two quarters of each half (rotate_half without its negation, which signed_sin
+    carries). Both [B, 1, N, D], broadcast over heads."""
 
-    row_cos: torch.Tensor
-    row_sin: torch.Tensor
-    col_cos: torch.Tensor
-    col_sin: torch.Tensor
+    cos: torch.Tensor
+    signed_sin: torch.Tensor
 
 
 class RoPE2D(torch.nn.Module):
@@ -62,19 +62,22 @@ class RoPE2D(torch.nn.Module):
     def tables(self, positions: torch.Tensor, head_dim: int, dtype: torch.dtype) -> RotaryTables:
         """The tables for positions [B, N, 2] as (row, column): computed once per forward and
         shared by every block and head decoder instead of being recomputed for each q and k."""
-        half = head_dim // 2
-        rows, cols = positions[..., 0], positions[..., 1]
-        return RotaryTables(*self.cos_sin(rows, half, dtype), *self.cos_sin(cols, half, dtype))
+        half, quarter = head_dim // 2, head_dim // 4
+        row_cos, row_sin = self.cos_sin(positions[..., 0], half, dtype)
+        col_cos, col_sin = self.cos_sin(positions[..., 1], half, dtype)
+        signed = [torch.cat((-sin[..., :quarter], sin[..., quarter:]), dim=-1) for sin in (row_sin, col_sin)]
+        return RotaryTables(torch.cat((row_cos, col_cos), dim=-1)[:, None], torch.cat(signed, dim=-1)[:, None])
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | RotaryTables) -> torch.Tensor:
-        """tokens [B, heads, N, D], positions [B, N, 2] as (row, column) or their tables -> rotated tokens."""
+        """tokens [B, heads, N, D], positions [B, N, 2] as (row, column) or their tables -> rotated tokens.
+
+        Per half this is part * cos + rotate_half(part) * sin (three kernels for all channels
+        instead of nine per half)."""
         if not isinstance(positions, RotaryTables):
             positions = self.tables(positions, tokens.shape[-1], tokens.dtype)
-        rows, cols = tokens.chunk(2, dim=-1)
-        rotated = [part * cos[:, None] + rotate_half(part) * sin[:, None]
-                   for part, cos, sin in ((rows, positions.row_cos, positions.row_sin),
-                                          (cols, positions.col_cos, positions.col_sin))]
-        return torch.cat(rotated, dim=-1)
+        quarter = tokens.shape[-1] // 4
+        swapped = tokens.unflatten(-1, (2, 2, quarter)).flip(-2).flatten(-3)
+        return torch.addcmul(tokens * positions.cos, swapped, positions.signed_sin)
 
 
 def patch_grid_positions(views: int, grid_h: int, grid_w: int, device=None) -> torch.Tensor:
