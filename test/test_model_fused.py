@@ -142,13 +142,3 @@ def test_attention_with_the_fused_kernel_equals_the_pytorch_path_on_cuda():
     for ours, theirs in ((fused[0], reference[0]), (fused[1], reference[1]), *zip(fused[2], reference[2], strict=True)):
         assert relative_error(ours, theirs) < 1e-5
 
-
-@CUDA_TRITON
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rms_norm_kernel_matches_pytorch_on_rows_and_transposed_heads(dtype):
-    weight = (torch.rand(1536, device="cuda") + 0.5).to(dtype)
-    for x in (torch.randn(3, 37, 1536, device="cuda").to(dtype),
-              torch.randn(5, 12, 1536, device="cuda").to(dtype).transpose(0, 1)):
-        expected = torch.nn.functional.rms_norm(x.float(), (1536,), weight.float(), 1e-6)
-        bound = 1e-6 if dtype == torch.float32 else 4e-3
-        assert relative_error(kernels.rms_norm(x, weight, 1e-6), expected) < bound

@@ -99,7 +99,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for cuda_graphs in modes:
             backend = TorchBackend.from_model(model, prompt, special, precision, cuda_graphs=cuda_graphs)
             for views in args.views:
-                rows.append(measure(backend, views, args, device, floors[views]) | {"precision": precision})
+                try:
+                    rows.append(measure(backend, views, args, device, floors[views]) | {"precision": precision})
+                except RuntimeError as error:  # e.g. non-finite outputs reaching the pose SVD: report, go on
+                    print(f"  {backend.describe():<34} {views} view(s): FAILED: {error}", flush=True)
+                    continue
                 print(f"  {rows[-1]['backend']:<34} {views} view(s): e2e {rows[-1]['end_to_end_ms']:.1f} ms, "
                       f"model {rows[-1]['model_ms']:.1f} ms", flush=True)
             backend._networks.clear()

@@ -76,38 +76,6 @@ if triton is not None:
             tl.store(dest + HALF + cols[None, :], rotated_b, mask=mask)
 
 
-if triton is not None:
-
-    @triton.jit
-    def _rms_norm_kernel(x, weight, out, width, stride_row, eps, BLOCK: tl.constexpr):
-        """One program per row: normalise and weight in fp32, round once."""
-        row = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        mask = cols < width
-        values = tl.load(x + row * stride_row + cols, mask=mask, other=0.0)
-        a = values.to(tl.float32)
-        inverse = tl.rsqrt(tl.sum(a * a, axis=0) / width + eps)
-        scale = tl.load(weight + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out + row * width + cols, (a * inverse * scale).to(values.dtype), mask=mask)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last axis of x (any leading axes) with weight [C], as F.rms_norm computes it.
-
-    Used on CUDA instead of F.rms_norm: with PyTorch's fused CUDA rms_norm, replays of this
-    model's captured CUDA graphs gave wrong outputs (torch 2.11, H200) while eager runs and the
-    unfused formula were right."""
-    width = x.shape[-1]
-    rows = x.reshape(-1, width)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    if rows.shape[0]:
-        _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, width, rows.stride(0), eps,
-                                           BLOCK=triton.next_power_of_2(width))
-    return out
-
-
 def qkv_norm_rope(qkv: torch.Tensor, q_out: torch.Tensor, k_out: torch.Tensor, v_out: torch.Tensor,
                   q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   q_offset: int, kv_offset: Union[int, torch.Tensor], eps: float) -> None:

@@ -48,7 +48,7 @@ class BackendRequest:
     engine_dir: str = ""
     device: str = "cuda"
     precision: str = "auto"
-    cuda_graphs: Optional[bool] = None  # None: on for CUDA devices (torch backend)
+    cuda_graphs: bool = False
     allow_engine_rebuild: bool = False
 
     @property

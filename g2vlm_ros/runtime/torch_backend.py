@@ -1,11 +1,13 @@
 """The PyTorch backend: the G2VLM module itself, eager, optionally compiled or replayed as CUDA graphs.
 
-Each bucket's network is `GeometryGraph` (the geometry path with its constants precomputed). On
-CUDA devices it is by default captured once as a CUDA graph and replayed (`cuda_graphs`), which
-removes the per-kernel launch cost that bounds eager latency (a 4-view window of the demo model:
-88 ms eager, 22 ms replayed); the capture costs a few seconds on the first window of each size,
-which is logged and reported in `details()`. `compile=True` wraps the network in torch.compile
-first. The pose's SVD (on the host) and all post-processing run eagerly.
+Each bucket's network is `GeometryGraph` (the geometry path with its constants precomputed).
+With `cuda_graphs=True` (CUDA only) it is captured once as a CUDA graph and replayed, which
+removes the per-kernel launch cost that bounds eager latency; the first window of each size pays
+the warm-up and capture, which is logged and reported in `details()`. Graphs stay opt-in: with
+the fused language stack, replays of the captured geometry network gave wrong outputs on an H200
+(torch 2.11; docs/benchmarks.md) while eager runs were right, and the cause is not yet found.
+`compile=True` wraps the network in torch.compile first. The pose's SVD (on the host) and all
+post-processing run eagerly.
 """
 from __future__ import annotations
 
@@ -76,8 +78,7 @@ class TorchBackend(NetworkBackend):
     name = "torch"
 
     def __init__(self, checkpoint_path: str, device: str = "cuda", precision: str = "auto",
-                 cuda_graphs: Optional[bool] = None, compile: bool = False):
-        """cuda_graphs None: on for CUDA devices (ignored elsewhere)."""
+                 cuda_graphs: bool = False, compile: bool = False):
         folder = Path(checkpoint_path) if checkpoint_path else None
         if folder is None or not folder.is_dir():
             raise BackendUnavailableError(f"backend 'torch': checkpoint folder '{checkpoint_path}' does not exist")
@@ -96,8 +97,8 @@ class TorchBackend(NetworkBackend):
         self.model.fuse_projections()
         self._configure(cuda_graphs, compile)
 
-    def _configure(self, cuda_graphs: Optional[bool], compile: bool) -> None:
-        self.cuda_graphs = (cuda_graphs is None or cuda_graphs) and self.device.type == "cuda"
+    def _configure(self, cuda_graphs: bool, compile: bool) -> None:
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.compile = compile
         self._networks = BucketCache()  # per bucket: a network or its captured CUDA graph
         self.warmup_seconds: dict[str, float] = {}  # per bucket stem: build (+ capture) time
@@ -106,7 +107,7 @@ class TorchBackend(NetworkBackend):
 
     @classmethod
     def from_model(cls, model, prefix_token_ids, special_token_ids, precision: str,
-                   cuda_graphs: Optional[bool] = None, compile: bool = False) -> TorchBackend:
+                   cuda_graphs: bool = False, compile: bool = False) -> TorchBackend:
         """A backend around an already loaded model (benchmarks and tools)."""
         backend = cls.__new__(cls)
         backend.model, backend.device, backend.precision = model.fuse_projections(), model.device, precision
