@@ -48,7 +48,7 @@ class BackendRequest:
     engine_dir: str = ""
     device: str = "cuda"
     precision: str = "auto"
-    cuda_graphs: bool = False
+    cuda_graphs: bool = True
     allow_engine_rebuild: bool = False
 
     @property

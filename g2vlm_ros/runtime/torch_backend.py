@@ -1,11 +1,11 @@
 """The PyTorch backend: the G2VLM module itself, eager, optionally compiled or replayed as CUDA graphs.
 
 Each bucket's network is `GeometryGraph` (the geometry path with its constants precomputed).
-With `cuda_graphs=True` (CUDA only) it is captured once as a CUDA graph and replayed, which
-removes the per-kernel launch cost that bounds eager latency; the first window of each size pays
-the warm-up and capture, which is logged and reported in `details()`. Graphs stay opt-in: with
-the fused language stack, replays of the captured geometry network gave wrong outputs on an H200
-(torch 2.11; docs/benchmarks.md) while eager runs were right, and the cause is not yet found.
+With CUDA graphs (the default on CUDA devices; `cuda_graphs=False` turns them off) it is
+captured once as a CUDA graph and replayed, which removes the per-kernel launch cost that bounds
+eager latency; the first window of each size pays the warm-up and capture, which is logged and
+reported in `details()`. The captured graph keeps its network alive (`CapturedGraph.network`):
+the graph reads the network's buffers by address.
 `compile=True` wraps the network in torch.compile first. The pose's SVD (on the host) and all
 post-processing run eagerly.
 """
@@ -56,6 +56,11 @@ class CapturedGraph:
     """One bucket's GeometryGraph captured as a CUDA graph with static input/output buffers."""
 
     def __init__(self, network: torch.nn.Module, bucket: Bucket, device: torch.device, warmup: int = 3):
+        # the graph reads the network's buffers (prompt keys/values, marker embeddings, rotary and
+        # position tables) by address: they must live as long as the graph. Without this reference
+        # the backend dropped the GeometryGraph after the capture, the caching allocator handed its
+        # buffers' memory to later tensors, and every replay after the first read garbage (issue 17)
+        self.network = network
         self.static_input = torch.zeros(bucket.views, 3, bucket.height, bucket.width, device=device)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -78,7 +83,7 @@ class TorchBackend(NetworkBackend):
     name = "torch"
 
     def __init__(self, checkpoint_path: str, device: str = "cuda", precision: str = "auto",
-                 cuda_graphs: bool = False, compile: bool = False):
+                 cuda_graphs: bool = True, compile: bool = False):
         folder = Path(checkpoint_path) if checkpoint_path else None
         if folder is None or not folder.is_dir():
             raise BackendUnavailableError(f"backend 'torch': checkpoint folder '{checkpoint_path}' does not exist")
@@ -107,7 +112,7 @@ class TorchBackend(NetworkBackend):
 
     @classmethod
     def from_model(cls, model, prefix_token_ids, special_token_ids, precision: str,
-                   cuda_graphs: bool = False, compile: bool = False) -> TorchBackend:
+                   cuda_graphs: bool = True, compile: bool = False) -> TorchBackend:
         """A backend around an already loaded model (benchmarks and tools)."""
         backend = cls.__new__(cls)
         backend.model, backend.device, backend.precision = model.fuse_projections(), model.device, precision
