@@ -104,3 +104,13 @@ def test_params_file_lists_every_parameter_with_its_default():
     camera_keys = {"image_topic", "camera_info_topic", "transport", "frame_id"}
     assert set(values["camera"]) == camera_keys
     assert set(values) == {spec.name for spec in PARAMETERS} | {"camera"}, "unknown parameters in the file"
+
+
+def test_orin_preset_sets_only_known_parameters():
+    import yaml
+
+    from g2vlm_ros.ros.params import PARAMETERS
+
+    values = yaml.safe_load((REPO / "config" / "g2vlm_orin.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(values) == {spec.name for spec in PARAMETERS} | {"camera"}, "unknown or missing parameters"
+    assert values["window_size"] == 1 and values["precision"] == "bf16" and values["cuda_graphs"] is True

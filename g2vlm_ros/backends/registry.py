@@ -59,7 +59,7 @@ class BackendRequest:
     engine_dir: str = ""
     device: str = "cuda"
     precision: str = AUTO_PRECISION
-    cuda_graphs: bool = False
+    cuda_graphs: bool = True
     allow_engine_rebuild: bool = False
 
     @property

@@ -1,14 +1,19 @@
 """The PyTorch backend: the G2VLM module itself, eager, optionally compiled or replayed as CUDA graphs.
 
-Eager mode runs `G2VLM.reconstruct`. With `cuda_graphs=True` (CUDA only) each bucket's network
-(`GeometryGraph`: the same computation with its constants precomputed) is captured once and
-replayed, which removes the per-kernel launch cost that bounds eager latency; `compile=True`
-wraps it in torch.compile first. The pose's SVD and all post-processing run eagerly on the GPU.
+Each bucket's network is `GeometryGraph` (the geometry path with its constants precomputed).
+With CUDA graphs (the default on CUDA devices; `cuda_graphs=False` turns them off) it is
+captured once as a CUDA graph and replayed, which removes the per-kernel launch cost that bounds
+eager latency; the first window of each size pays the warm-up and capture, which is logged and
+reported in `details()`. The captured graph keeps its network alive (`CapturedGraph.network`):
+the graph reads the network's buffers by address.
+`compile=True` wraps the network in torch.compile first. The pose's SVD (on the host) and all
+post-processing run eagerly.
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +57,11 @@ class CapturedGraph:
     """One bucket's GeometryGraph captured as a CUDA graph with static input/output buffers."""
 
     def __init__(self, network: torch.nn.Module, bucket: Bucket, device: torch.device, warmup: int = 3):
+        # the graph reads the network's buffers (prompt keys/values, marker embeddings, rotary and
+        # position tables) by address: they must live as long as the graph. Without this reference
+        # the backend dropped the GeometryGraph after the capture, the caching allocator handed its
+        # buffers' memory to later tensors, and every replay after the first read garbage (issue 17)
+        self.network = network
         self.static_input = torch.zeros(bucket.views, 3, bucket.height, bucket.width, device=device)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -74,7 +84,7 @@ class TorchBackend(NetworkBackend):
     name = "torch"
 
     def __init__(self, checkpoint_path: str, device: str = "cuda", precision: str = "auto",
-                 cuda_graphs: bool = False, compile: bool = False):
+                 cuda_graphs: bool = True, compile: bool = False):
         folder = Path(checkpoint_path) if checkpoint_path else None
         if folder is None or not folder.is_dir():
             raise BackendUnavailableError(f"backend 'torch': checkpoint folder '{checkpoint_path}' does not exist")
@@ -90,24 +100,27 @@ class TorchBackend(NetworkBackend):
             self.model.resolve_token_ids(self.prefix_token_ids, self.special_token_ids)
         except ValueError as error:
             raise BackendUnavailableError(f"backend 'torch': {error} (or add {TOKEN_IDS_FILE})") from error
+        self.model.fuse_projections()
+        self._configure(cuda_graphs, compile)
+
+    def _configure(self, cuda_graphs: bool, compile: bool) -> None:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.compile = compile
         self._networks = BucketCache()  # per bucket: a network or its captured CUDA graph
+        self.warmup_seconds: dict[str, float] = {}  # per bucket stem: build (+ capture) time
         mode = "cuda graphs" if self.cuda_graphs else ("compiled" if compile else "eager")
         self.name = f"torch ({mode})" if mode != "eager" else "torch"
 
     @classmethod
-    def from_model(cls, model, prefix_token_ids, special_token_ids, precision: str, cuda_graphs: bool = False,
-                   compile: bool = False) -> TorchBackend:
+    def from_model(cls, model, prefix_token_ids, special_token_ids, precision: str,
+                   cuda_graphs: bool = True, compile: bool = False) -> TorchBackend:
         """A backend around an already loaded model (benchmarks and tools)."""
         backend = cls.__new__(cls)
-        backend.model, backend.device, backend.precision = model, model.device, precision
+        backend.model, backend.device, backend.precision = model.fuse_projections(), model.device, precision
         backend.checkpoint = None
         backend.input_device = model.device
         backend.prefix_token_ids, backend.special_token_ids = prefix_token_ids, special_token_ids
-        backend.cuda_graphs, backend.compile = cuda_graphs and model.device.type == "cuda", compile
-        backend._networks = BucketCache()
-        backend.name = "torch (cuda graphs)" if backend.cuda_graphs else ("torch (compiled)" if compile else "torch")
+        backend._configure(cuda_graphs, compile)
         return backend
 
     def describe(self) -> str:
@@ -117,6 +130,8 @@ class TorchBackend(NetworkBackend):
         details = {"device": str(self.device), "mode": self.name}
         if self.checkpoint is not None:
             details["checkpoint"] = str(self.checkpoint)
+        if self.warmup_seconds:  # first window of each input size: build, warm-up and capture
+            details["warmup_s"] = ", ".join(f"{stem}: {seconds:.2f}" for stem, seconds in self.warmup_seconds.items())
         return details
 
     def _network(self, bucket: Bucket):
@@ -130,10 +145,14 @@ class TorchBackend(NetworkBackend):
         bucket = Bucket(batch.shape[0], batch.shape[2], batch.shape[3])
         network = self._networks.get(bucket)
         if network is None:
+            started = time.perf_counter()
             network = self._network(bucket)
             if self.cuda_graphs:
-                LOG.info("capturing a CUDA graph for bucket %s", bucket.stem)
                 network = CapturedGraph(network, bucket, self.device)
+                torch.cuda.synchronize(self.device)
+            self.warmup_seconds[bucket.stem] = time.perf_counter() - started
+            LOG.info("input size %s ready in %.2f s (%s)", bucket.stem, self.warmup_seconds[bucket.stem],
+                     "warm-up and CUDA graph capture" if self.cuda_graphs else "constants precomputed")
             self._networks.put(bucket, network)
         with torch.no_grad():
             outputs = network(batch)

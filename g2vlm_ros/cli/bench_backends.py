@@ -57,7 +57,10 @@ def measure(backend, views: int, args, device: torch.device, floor_ms: float) ->
     end_to_end = time_ms(lambda: node_postprocess(backend.run(frames)), device, args.warmup, args.repeats)
     model_only = time_ms(lambda: backend.raw_outputs(batch), device, args.warmup, args.repeats)
     e2e, model = statistics.median(end_to_end), statistics.median(model_only)
+    # first window of this size: network build, warm-up and (CUDA graphs) capture
+    warmup = getattr(backend, "warmup_seconds", {}).get(f"{batch.shape[0]}x{batch.shape[2]}x{batch.shape[3]}")
     return {"backend": backend.describe(), "views": views, "end_to_end_ms": e2e, "model_ms": model,
+            "warmup_s": warmup,
             "floor_ms": floor_ms, "model_x_floor": model / floor_ms, "end_to_end_x_floor": e2e / floor_ms}
 
 
@@ -97,7 +100,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for cuda_graphs in modes:
             backend = TorchBackend.from_model(model, prompt, special, precision, cuda_graphs=cuda_graphs)
             for views in args.views:
-                rows.append(measure(backend, views, args, device, floors[views]) | {"precision": precision})
+                try:
+                    rows.append(measure(backend, views, args, device, floors[views]) | {"precision": precision})
+                except RuntimeError as error:  # e.g. non-finite outputs reaching the pose SVD: report, go on
+                    print(f"  {backend.describe():<34} {views} view(s): FAILED: {error}", flush=True)
+                    continue
                 print(f"  {rows[-1]['backend']:<34} {views} view(s): e2e {rows[-1]['end_to_end_ms']:.1f} ms, "
                       f"model {rows[-1]['model_ms']:.1f} ms", flush=True)
             backend._networks.clear()
@@ -119,11 +126,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             torch.cuda.empty_cache()
 
     print(f"\n{'backend':<40} {'prec':>5} {'views':>5} {'e2e ms':>9} {'model ms':>9} {'floor ms':>9} "
-          f"{'model/floor':>11} {'e2e/floor':>9}")
+          f"{'model/floor':>11} {'e2e/floor':>9} {'warm-up s':>9}")
     for row in rows:
         print(f"{row['backend']:<40} {row['precision']:>5} {row['views']:>5} {row['end_to_end_ms']:>9.1f} "
               f"{row['model_ms']:>9.1f} {row['floor_ms']:>9.1f} {row['model_x_floor']:>11.2f} "
-              f"{row['end_to_end_x_floor']:>9.2f}")
+              f"{row['end_to_end_x_floor']:>9.2f} "
+              + (f"{row['warmup_s']:>9.2f}" if row.get("warmup_s") is not None else f"{'-':>9}"))
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "matmul_tflops": peak,
                                          "rows": rows}, indent=1))

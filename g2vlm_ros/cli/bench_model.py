@@ -71,7 +71,7 @@ def build_model(config_name: str, device: torch.device, dtype: torch.dtype, seed
     with torch.device("meta"):
         model = G2VLM(config)
     model = model.to_empty(device=device).to(dtype)
-    return randomize(model, seed).eval()
+    return randomize(model, seed).eval().fuse_projections()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

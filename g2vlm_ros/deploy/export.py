@@ -65,7 +65,7 @@ class GeometryGraph(nn.Module):
                  special_token_ids: Optional[dict[str, int]] = None):
         super().__init__()
         bucket.validate()
-        self.model, self.bucket = model, bucket
+        self.model, self.bucket = model.fuse_projections(), bucket
         prefix, special = model.resolve_token_ids(prefix_token_ids, special_token_ids)
         self.prefix_token_ids, self.special_token_ids = prefix, special
         grid_h, grid_w = bucket.height // PATCH_SIZE, bucket.width // PATCH_SIZE

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from g2vlm_ros.model.decode import static_decoder
 from g2vlm_ros.model.mot import KVCache, TokenGroup
 from g2vlm_ros.model.rope import mrope_cos_sin
 
@@ -111,27 +112,47 @@ class ChatSession:
 
     @torch.no_grad()
     def generate(self, start_token_id: int, config: GenerationConfig, eos_token_id: int,
-                 keep_logits: bool = False, on_token: Optional[OnToken] = None) -> GenerationResult:
+                 keep_logits: bool = False, on_token: Optional[OnToken] = None,
+                 static_cache: Optional[bool] = None) -> GenerationResult:
         """Greedy or sampled decoding; `on_token(tokens so far)` after each token may stop it by returning False
-        (streaming, cancellation, deadlines)."""
+        (streaming, cancellation, deadlines).
+
+        static_cache (default: on CUDA devices) decodes over a preallocated cache with the step
+        replayed as a CUDA graph (`decode.StaticDecoder`); otherwise each token is one
+        `append_text` step. Both compute the same logits."""
         config.validate()
         stop = set(config.stop_token_ids or (eos_token_id,))
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
+        if static_cache is None:
+            static_cache = self.model.device.type == "cuda"
+        decoder = None
+        if static_cache and config.max_new_tokens > 0:
+            decoder = static_decoder(self.model, len(self.cache), config.max_new_tokens)
+            decoder.load(self.cache, self.position)
         token, generated, logits_log = start_token_id, [], []
+        stopped_by = "max_new_tokens"
         for _ in range(config.max_new_tokens):
-            hidden = self.append_text([token])
-            logits = self.model.language_model.lm_head(hidden[-1]).float()
+            if decoder is not None:
+                logits = decoder.step(token)
+                self.position += 1
+            else:
+                hidden = self.append_text([token])
+                logits = self.model.language_model.lm_head(hidden[-1]).float()
             if keep_logits:
                 logits_log.append(logits.cpu())
             token = choose_token(logits, config, generator)
             if token in stop:
-                return GenerationResult(generated, "stop_token", logits=logits_log)
+                stopped_by = "stop_token"
+                break
             generated.append(token)
             if on_token is not None and not on_token(generated):
-                return GenerationResult(generated, "interrupted", logits=logits_log)
-        return GenerationResult(generated, "max_new_tokens", logits=logits_log)
+                stopped_by = "interrupted"
+                break
+        if decoder is not None:
+            self.cache = decoder.cache()
+        return GenerationResult(generated, stopped_by, logits=logits_log)
 
 
 def choose_token(logits: torch.Tensor, config: GenerationConfig, generator: Optional[torch.Generator]) -> int:
@@ -166,7 +187,7 @@ class ChatTokens:
 @torch.no_grad()
 def chat_with_geometry(model, geometry_images: torch.Tensor, vision_images: Sequence[VisionInput], tokens: ChatTokens,
                        config: GenerationConfig, keep_logits: bool = False,
-                       on_token: Optional[OnToken] = None) -> GenerationResult:
+                       on_token: Optional[OnToken] = None, static_cache: Optional[bool] = None) -> GenerationResult:
     """Runs steps 1-5 of the module docstring.
 
     geometry_images [N,3,H,W] in [0,1] (see `preprocess`); vision_images: per view
@@ -178,7 +199,7 @@ def chat_with_geometry(model, geometry_images: torch.Tensor, vision_images: Sequ
     for pixel_values, grid_thw in vision_images:
         session.append_vision(pixel_values, grid_thw, tokens.special)
     session.append_text(tokens.question)
-    return session.generate(tokens.start, config, tokens.special["eos_token_id"], keep_logits, on_token)
+    return session.generate(tokens.start, config, tokens.special["eos_token_id"], keep_logits, on_token, static_cache)
 
 
 def chat(model, images: Sequence[np.ndarray], question: str, config: Optional[GenerationConfig] = None,

@@ -212,12 +212,20 @@ def randomize(model: G2VLM, seed: int, std: float = INIT_STD) -> G2VLM:
     return model
 
 
+def _owned(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor with storage of its own: safetensors refuses views into shared storage, which
+    fused projections are (see model.fused)."""
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
+
+
 def save_checkpoint(model: G2VLM, folder: Union[str, Path], dtype: Optional[Union[str, torch.dtype]] = None) -> Path:
     """Writes config JSONs and model.safetensors in the official layout; returns the folder."""
     folder = Path(folder)
     model.config.write(folder)
     target = resolve_dtype(dtype) if dtype is not None else None
-    tensors = {name: (t.to(target) if target is not None else t).detach().cpu().contiguous()
+    tensors = {name: _owned((t.to(target) if target is not None else t).detach().cpu().contiguous())
                for name, t in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     return folder

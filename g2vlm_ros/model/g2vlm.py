@@ -164,6 +164,12 @@ class G2VLM(nn.Module):
         self.tokenizer = None  # set by the loader when the checkpoint folder has tokenizer files
         self.special_token_ids: Optional[dict[str, int]] = None
 
+    def fuse_projections(self) -> G2VLM:
+        """One GEMM for q/k/v and one for gate/up per expert and layer in inference, without a
+        second copy of the weights (idempotent; again after a dtype or device conversion)."""
+        self.language_model.fuse_projections()
+        return self
+
     # ------------------------------------------------------------------ tokens
     @property
     def dtype(self) -> torch.dtype:
@@ -261,6 +267,8 @@ class G2VLM(nn.Module):
                 width: int) -> dict[str, torch.Tensor]:
         """The heads over views [V, P, C]; first_views [V, P, C] holds each view's scene's first view."""
         positions = patch_grid_positions(tokens.shape[0], height // PATCH_SIZE, width // PATCH_SIZE, tokens.device)
+        # one set of rotary tables for every block of the three decoders
+        positions = self.point_decoder.rope.tables(positions, tokens.shape[-1] // HEAD_DECODER_HEADS, tokens.dtype)
         raw = self.point_head(self.point_decoder(tokens, positions), height, width)
         xy, log_z = raw.split((2, 1), dim=-1)
         z = torch.exp(log_z)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from g2vlm_ros.model.rope import RoPE2D
+from g2vlm_ros.model.rope import RoPE2D, RotaryTables
 
 LAYER_NORM_EPS = 1e-6
 
@@ -113,11 +113,18 @@ class TransformerDecoder(nn.Module):
     def __init__(self, width: int, heads: int, depth: int, out_dim: int, rope: RoPE2D, cross: bool = False):
         super().__init__()
         block = CrossBlock if cross else Block
+        self.heads, self.rope = heads, rope
         self.blocks = nn.ModuleList(block(width, heads, rope) for _ in range(depth))
         self.linear_out = nn.Linear(width, out_dim)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, context: torch.Tensor | None = None,
-                context_positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | RotaryTables, context: torch.Tensor | None = None,
+                context_positions: torch.Tensor | RotaryTables | None = None) -> torch.Tensor:
+        """positions [B, N, 2] (row, column) or their RotaryTables (precomputed once per forward)."""
+        head_dim = x.shape[-1] // self.heads
+        if not isinstance(positions, RotaryTables):
+            positions = self.rope.tables(positions, head_dim, x.dtype)
+        if context_positions is not None and not isinstance(context_positions, RotaryTables):
+            context_positions = self.rope.tables(context_positions, head_dim, x.dtype)
         for block in self.blocks:
             x = block(x, positions) if context is None else block(x, context, positions, context_positions)
         return self.linear_out(x)
@@ -164,11 +171,15 @@ class _SpecialPolar(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, matrices: torch.Tensor) -> torch.Tensor:
-        u, singular, vh = torch.linalg.svd(matrices.transpose(-1, -2))
+        # a batch of 3x3 SVDs is a few microseconds on the host but milliseconds of cuSOLVER
+        # launches and syncs on a GPU: GPU inputs are solved on the host in float64
+        work = matrices.detach().cpu().double() if matrices.is_cuda else matrices
+        u, singular, vh = torch.linalg.svd(work.transpose(-1, -2))
         v = vh.transpose(-1, -2)
         det = torch.det(v @ u.transpose(-1, -2))
         v = torch.cat((v[..., :2], v[..., 2:] * det[..., None, None]), dim=-1)
         signed = torch.cat((singular[..., :2], singular[..., 2:] * det[..., None]), dim=-1)
+        u, v, signed = (t.to(matrices.device, matrices.dtype) for t in (u, v, signed))
         ctx.save_for_backward(u, v, signed)
         return v @ u.transpose(-1, -2)
 

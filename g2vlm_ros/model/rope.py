@@ -1,6 +1,8 @@
 """Rotary position embeddings: M-RoPE for the language stack, 2D RoPE for the geometry heads."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from g2vlm_ros.model.config import MROPE_SECTION
@@ -33,6 +35,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+class RotaryTables(NamedTuple):
+    """The 2D RoPE as one rotation over all channels: x * cos + swap(x) * signed_sin, where swap
+    exchanges the two quarters of each half (rotate_half without its negation, which signed_sin
+    carries). Both [B, 1, N, D], broadcast over heads."""
+
+    cos: torch.Tensor
+    signed_sin: torch.Tensor
+
+
 class RoPE2D(torch.nn.Module):
     """2D rotary embedding of the π³-style heads: half the channels rotate with the patch row, half
     with the patch column, each half as 1D RoPE with base `frequency`."""
@@ -48,15 +59,25 @@ class RoPE2D(torch.nn.Module):
         freqs = torch.cat((freqs, freqs), dim=-1)
         return freqs.cos(), freqs.sin()
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens [B, heads, N, D], positions [B, N, 2] as (row, column) -> rotated tokens."""
-        half = tokens.shape[-1] // 2
-        rows, cols = tokens.chunk(2, dim=-1)
-        rotated = []
-        for part, axis in ((rows, 0), (cols, 1)):
-            cos, sin = self.cos_sin(positions[..., axis], half, tokens.dtype)
-            rotated.append(part * cos[:, None] + rotate_half(part) * sin[:, None])
-        return torch.cat(rotated, dim=-1)
+    def tables(self, positions: torch.Tensor, head_dim: int, dtype: torch.dtype) -> RotaryTables:
+        """The tables for positions [B, N, 2] as (row, column): computed once per forward and
+        shared by every block and head decoder instead of being recomputed for each q and k."""
+        half, quarter = head_dim // 2, head_dim // 4
+        row_cos, row_sin = self.cos_sin(positions[..., 0], half, dtype)
+        col_cos, col_sin = self.cos_sin(positions[..., 1], half, dtype)
+        signed = [torch.cat((-sin[..., :quarter], sin[..., quarter:]), dim=-1) for sin in (row_sin, col_sin)]
+        return RotaryTables(torch.cat((row_cos, col_cos), dim=-1)[:, None], torch.cat(signed, dim=-1)[:, None])
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | RotaryTables) -> torch.Tensor:
+        """tokens [B, heads, N, D], positions [B, N, 2] as (row, column) or their tables -> rotated tokens.
+
+        Per half this is part * cos + rotate_half(part) * sin (three kernels for all channels
+        instead of nine per half)."""
+        if not isinstance(positions, RotaryTables):
+            positions = self.tables(positions, tokens.shape[-1], tokens.dtype)
+        quarter = tokens.shape[-1] // 4
+        swapped = tokens.unflatten(-1, (2, 2, quarter)).flip(-2).flatten(-3)
+        return torch.addcmul(tokens * positions.cos, swapped, positions.signed_sin)
 
 
 def patch_grid_positions(views: int, grid_h: int, grid_w: int, device=None) -> torch.Tensor:

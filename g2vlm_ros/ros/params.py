@@ -110,7 +110,7 @@ PARAMETERS = (
     ParamSpec("precision", "auto", "Model precision for the torch backend: auto (bf16 on GPUs that support it, "
               "fp32 on the CPU), fp32, fp16 or bf16. Exported graphs and engines carry their own.",
               choices=PRECISION_CHOICES),
-    ParamSpec("cuda_graphs", False, "torch backend on CUDA: capture each input size once as a CUDA graph "
+    ParamSpec("cuda_graphs", True, "torch backend on CUDA: capture each input size once as a CUDA graph "
               "and replay it (much lower latency; a few seconds of capture per new size)."),
     ParamSpec("allow_engine_rebuild", False, "tensorrt backend: rebuild an engine that does not match this "
               "TensorRT version, GPU or checkpoint from its ONNX graph instead of refusing it."),
