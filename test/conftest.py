@@ -344,3 +344,30 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     return write_random_checkpoint(tiny_config(num_heads=2, num_kv_heads=1), tmp_path_factory.mktemp("tiny"), seed=7)
 
+
+@pytest.fixture(scope="session")
+def tiny_graph(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint's geometry graph for one 28x28 view, with test_backends.IDS as its token ids and the
+    checkpoint's fingerprint as its model hash: exported once for the session (an export takes seconds), for tests
+    that need such a graph in an engine folder but do not test the export itself (test_export does). Use
+    copy_graph(tiny_graph, folder) to give a test its own copy."""
+    from test_backends import IDS  # a test module: imported when the fixture runs, not with conftest
+
+    from g2vlm_ros.model import load_checkpoint
+    from g2vlm_ros.runtime.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
+
+    return export_geometry_onnx(load_checkpoint(tiny_checkpoint), Bucket(1, 28, 28), tmp_path_factory.mktemp("graph"),
+                                prefix_token_ids=IDS["prompt_token_ids"], special_token_ids=IDS["special_token_ids"],
+                                model_hash=checkpoint_fingerprint(tiny_checkpoint))
+
+
+def copy_graph(export, folder: Path):
+    """A copy of an exported graph (ONNX file, its external data if any, manifest) in `folder`, as an ExportResult."""
+    import shutil
+
+    from g2vlm_ros.runtime.export import ExportResult
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in export.onnx_path.parent.glob(export.onnx_path.stem + ".*"):
+        shutil.copy2(path, folder / path.name)
+    return ExportResult(folder / export.onnx_path.name, folder / export.manifest_path.name, dict(export.manifest))
