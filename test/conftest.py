@@ -269,7 +269,9 @@ def tf2_msgs_env(tmp_path_factory) -> dict[str, str]:
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     site = next(Path(prefix, "lib").glob("python3*/site-packages"))
-    return {"PYTHONPATH": os.pathsep.join([str(site), str(FIXTURES)]),
+    # the caller's PYTHONPATH stays last: a checkout run with PYTHONPATH=$PWD keeps its own g2vlm_ros in these
+    # processes too, instead of the package the virtual environment was installed from
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), str(FIXTURES), os.environ.get("PYTHONPATH", "")])),
             "LD_LIBRARY_PATH": f"{prefix}/lib:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 
