@@ -89,25 +89,45 @@ def format_parameter(value: Any) -> str:
     return str(value)
 
 
-@pytest.fixture
-def start_node(tmp_path):
-    """start_node(**parameters) -> NodeProcess, ready to receive; stopped (and checked) after the test."""
-    started: list[NodeProcess] = []
+class NodeStarter:
+    """starter(**parameters) -> NodeProcess, ready to receive; stop_all() stops them and checks their exit codes."""
 
-    def start(wait_ready: bool = True, extra_env: Optional[dict[str, str]] = None, ros_args: tuple[str, ...] = (),
-              **parameters) -> NodeProcess:
-        node = NodeProcess(tmp_path / f"node{len(started)}.log", parameters, extra_env, ros_args)
-        started.append(node)
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.started: list[NodeProcess] = []
+
+    def __call__(self, wait_ready: bool = True, extra_env: Optional[dict[str, str]] = None,
+                 ros_args: tuple[str, ...] = (), **parameters) -> NodeProcess:
+        node = NodeProcess(self.folder / f"node{len(self.started)}.log", parameters, extra_env, ros_args)
+        self.started.append(node)
         if wait_ready:
             node.wait_for_log(READY_LINE)
         return node
 
-    yield start
-    for node in started:
-        was_alive = node.alive()
-        code = node.stop()
-        if was_alive:
-            assert code == 0, f"node exited with {code} on SIGINT:\n{node.log()}"
+    def stop_all(self) -> None:
+        for node in self.started:
+            was_alive = node.alive()
+            code = node.stop()
+            if was_alive:
+                assert code == 0, f"node exited with {code} on SIGINT:\n{node.log()}"
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """start_node(**parameters) -> NodeProcess, ready to receive; stopped (and checked) after the test."""
+    starter = NodeStarter(tmp_path)
+    yield starter
+    starter.stop_all()
+
+
+@pytest.fixture(scope="module")
+def start_module_node(tmp_path_factory):
+    """start_node for a node that several tests of one module share (each node start costs seconds): only for
+    tests that leave the node's state as they found it. Stopped (and checked) after the module's last test; a
+    module that uses it must not also start a node named /g2vlm with start_node while it runs."""
+    starter = NodeStarter(tmp_path_factory.mktemp("module_nodes"))
+    yield starter
+    starter.stop_all()
 
 
 class RosClient:
@@ -287,17 +307,33 @@ class RobotProcess:
             self.process.kill()
 
 
+class RobotStarter:
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.robots: list[RobotProcess] = []
+
+    def __call__(self, **settings) -> RobotProcess:
+        self.robots.append(RobotProcess(settings, self.env))
+        return self.robots[-1]
+
+    def stop_all(self) -> None:
+        for robot in self.robots:
+            robot.stop()
+
+
 @pytest.fixture
 def start_robot(tf2_msgs_env):
-    robots: list[RobotProcess] = []
+    starter = RobotStarter(tf2_msgs_env)
+    yield starter
+    starter.stop_all()
 
-    def start(**settings) -> RobotProcess:
-        robots.append(RobotProcess(settings, tf2_msgs_env))
-        return robots[-1]
 
-    yield start
-    for robot in robots:
-        robot.stop()
+@pytest.fixture(scope="module")
+def start_module_robot(tf2_msgs_env):
+    """start_robot for a robot process that the tests of one module share, as start_module_node."""
+    starter = RobotStarter(tf2_msgs_env)
+    yield starter
+    starter.stop_all()
 
 
 SHARED = REPO.parent / "shared"
@@ -310,3 +346,31 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from g2vlm_ros.model import tiny_config, write_random_checkpoint
 
     return write_random_checkpoint(tiny_config(num_heads=2, num_kv_heads=1), tmp_path_factory.mktemp("tiny"), seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_graph(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint's geometry graph for one 28x28 view, with test_backends.IDS as its token ids and the
+    checkpoint's fingerprint as its model hash: exported once for the session (an export takes seconds), for tests
+    that need such a graph in an engine folder but do not test the export itself (test_export does). Use
+    copy_graph(tiny_graph, folder) to give a test its own copy."""
+    from test_backends import IDS  # a test module: imported when the fixture runs, not with conftest
+
+    from g2vlm_ros.deploy.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
+    from g2vlm_ros.model import load_checkpoint
+
+    return export_geometry_onnx(load_checkpoint(tiny_checkpoint), Bucket(1, 28, 28), tmp_path_factory.mktemp("graph"),
+                                prefix_token_ids=IDS["prompt_token_ids"], special_token_ids=IDS["special_token_ids"],
+                                model_hash=checkpoint_fingerprint(tiny_checkpoint))
+
+
+def copy_graph(export, folder: Path):
+    """A copy of an exported graph (ONNX file, its external data if any, manifest) in `folder`, as an ExportResult."""
+    import shutil
+
+    from g2vlm_ros.deploy.export import ExportResult
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in export.onnx_path.parent.glob(export.onnx_path.stem + ".*"):
+        shutil.copy2(path, folder / path.name)
+    return ExportResult(folder / export.onnx_path.name, folder / export.manifest_path.name, dict(export.manifest))

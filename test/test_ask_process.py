@@ -42,13 +42,15 @@ FORMS = {
 }
 
 
-@pytest.fixture
-def scene_node(start_node, start_robot, ros_client, tf2_msgs_env):
+@pytest.fixture(scope="module")
+def scene_node(start_module_node, start_module_robot, ros_client, tf2_msgs_env):
+    """One node and robot for the module (two processes and a first window cost seconds to start): every test here
+    only asks questions and reads outputs, so none changes what the others see."""
     cameras = names(1)
-    start_node(backend=SCENE_BACKEND, cameras=cameras, scale_source="fixed", fixed_scale=TRUE_SCALE, window_size=2,
-               max_rate_hz=20.0, extra_env=scene_env(tf2_msgs_env, speed_m=SPEED))
+    start_module_node(backend=SCENE_BACKEND, cameras=cameras, scale_source="fixed", fixed_scale=TRUE_SCALE,
+                      window_size=2, max_rate_hz=20.0, extra_env=scene_env(tf2_msgs_env, speed_m=SPEED))
     depth = ros_client.collect(Image, f"/g2vlm/{cameras[0]}/depth")
-    start_robot(cameras=cameras, rate_hz=10.0, speed_m=SPEED)
+    start_module_robot(cameras=cameras, rate_hz=10.0, speed_m=SPEED)
     wait_until(lambda: depth, 30, "no window processed")
     return cameras[0], depth
 

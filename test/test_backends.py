@@ -9,7 +9,7 @@ from PIL import Image
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image as ImageMsg
 
-from conftest import SHARED, wait_until
+from conftest import SHARED, copy_graph, wait_until
 from g2vlm_ros.backends.backend import BackendUnavailableError, GeometryResult
 from g2vlm_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 from g2vlm_ros.backends.preprocess import prepare_images, resize_on_device
@@ -41,11 +41,18 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def test_torch_backend_runs_the_model_with_official_preprocessing(checkpoint):
+@pytest.fixture(scope="module")
+def torch_run(checkpoint):
+    """The torch backend and its result on frames(): tested below, and the reference of the ONNX Runtime backend
+    (one run of the model at 518x392 costs seconds on a CPU)."""
     backend = TorchBackend(str(checkpoint), device="cpu", precision="auto")
+    return backend, backend.run(frames())
+
+
+def test_torch_backend_runs_the_model_with_official_preprocessing(checkpoint, torch_run):
+    backend, result = torch_run
     assert backend.precision == "fp32" and "cpu" in backend.describe()
     images = frames()
-    result = backend.run(images)
     result.validate()
     assert isinstance(result, GeometryResult) and result.size == (518, 392) and result.num_views == 2
     reference = load_checkpoint(checkpoint).reconstruct(preprocess(images), IDS["prompt_token_ids"],
@@ -74,7 +81,7 @@ def test_torch_backend_refuses_what_it_cannot_run(tiny_checkpoint, tmp_path):
             TorchBackend(str(tiny_checkpoint), device="cuda")
 
 
-def test_onnxruntime_backend_matches_torch_and_selects_graphs_by_checkpoint(checkpoint, tmp_path):
+def test_onnxruntime_backend_matches_torch_and_selects_graphs_by_checkpoint(checkpoint, torch_run, tmp_path):
     engines = tmp_path / "engines"
     model = load_checkpoint(checkpoint)
     export_geometry_onnx(model, Bucket(2, 392, 518), engines, prefix_token_ids=IDS["prompt_token_ids"],
@@ -82,7 +89,7 @@ def test_onnxruntime_backend_matches_torch_and_selects_graphs_by_checkpoint(chec
     backend = OnnxRuntimeBackend(str(engines), checkpoint_fingerprint(checkpoint), device="cpu")
     assert backend.providers == ["CPUExecutionProvider"]
     images = frames()
-    ours, reference = backend.run(images), TorchBackend(str(checkpoint), device="cpu").run(images)
+    ours, reference = backend.run(images), torch_run[1]  # the torch backend on the same images
     for name in ("world_points", "local_points", "camera_to_world", "depth"):
         assert relative_error(getattr(ours, name), getattr(reference, name)) < 1e-4, name
     with pytest.raises(BackendUnavailableError, match=r"no exported graph for bucket 1x392x518; available: 2x392x518"):
@@ -91,14 +98,13 @@ def test_onnxruntime_backend_matches_torch_and_selects_graphs_by_checkpoint(chec
         OnnxRuntimeBackend(str(engines), "0" * 64, device="cpu")
 
 
-def test_auto_prefers_exported_graphs_then_the_checkpoint(checkpoint, tmp_path):
+def test_auto_prefers_exported_graphs_then_the_checkpoint(checkpoint, tiny_graph, tmp_path):
     engines = tmp_path / "auto_engines"
     engines.mkdir()
     request = BackendRequest(backend="auto", checkpoint_path=str(checkpoint), engine_dir=str(engines), device="cpu")
     assert create_backend(request).name == "torch"
-    export_geometry_onnx(load_checkpoint(checkpoint), Bucket(1, 28, 28), engines,
-                         prefix_token_ids=IDS["prompt_token_ids"], special_token_ids=IDS["special_token_ids"],
-                         model_hash=checkpoint_fingerprint(checkpoint))
+    # this checkpoint's graph (exported once for the session, with checkpoint_fingerprint(checkpoint) as its hash)
+    copy_graph(tiny_graph, engines)
     assert create_backend(BackendRequest(backend="auto", checkpoint_path=str(checkpoint), engine_dir=str(engines),
                                          device="cpu")).name == "onnxruntime"
     # no checkpoint configured: the embedded demo model, on the torch backend (no graphs exported for it)
@@ -152,7 +158,7 @@ def test_node_runs_the_real_model_across_processes(start_node, ros_client, check
     assert "TEST PLACEHOLDER" not in node.log()
 
 
-def test_engines_for_another_gpu_are_listed_with_their_differences(checkpoint, tmp_path):
+def test_engines_for_another_gpu_are_listed_with_their_differences(tiny_graph, tmp_path):
     """What the tensorrt backend tells a user whose engine folder holds engines for another GPU."""
     pytest.importorskip("tensorrt_rtx")
     from g2vlm_ros.backends.tensorrt_backend import other_engines
@@ -161,9 +167,7 @@ def test_engines_for_another_gpu_are_listed_with_their_differences(checkpoint, t
     from g2vlm_ros.deploy.tensorrt_flavour import import_tensorrt
 
     engines = tmp_path / "engines"
-    export = export_geometry_onnx(load_checkpoint(checkpoint), Bucket(1, 28, 28), engines,
-                                  prefix_token_ids=IDS["prompt_token_ids"], special_token_ids=IDS["special_token_ids"],
-                                  model_hash=checkpoint_fingerprint(checkpoint))
+    export = copy_graph(tiny_graph, engines)  # the tiny checkpoint's graph, exported once for the session
     build = build_engine(export.onnx_path, export.manifest, engines, compute_capability="sm89", progress=False,
                          log=lambda line: None)
     _, flavour, version = import_tensorrt()

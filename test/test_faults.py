@@ -20,7 +20,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from test_backends import IDS
 
-from conftest import FIXTURES, wait_until
+from conftest import FIXTURES, copy_graph, wait_until
 from g2vlm_interfaces.srv import Ask
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -87,15 +87,12 @@ def test_a_broken_checkpoint_fails_configure_with_the_reason_and_the_node_stays_
 
 
 def test_graphs_exported_from_another_checkpoint_are_refused_with_the_reason(start_node, ros_client, tiny_checkpoint,
-                                                                             tmp_path, camera):
-    from g2vlm_ros.deploy.export import Bucket, checkpoint_fingerprint, export_geometry_onnx
-    from g2vlm_ros.model import load_checkpoint, tiny_config, write_random_checkpoint
+                                                                             tiny_graph, tmp_path, camera):
+    from g2vlm_ros.deploy.export import checkpoint_fingerprint
+    from g2vlm_ros.model import tiny_config, write_random_checkpoint
 
     engines = tmp_path / "engines"
-    engines.mkdir()
-    export_geometry_onnx(load_checkpoint(tiny_checkpoint), Bucket(1, 28, 28), engines,
-                         prefix_token_ids=IDS["prompt_token_ids"], special_token_ids=IDS["special_token_ids"],
-                         model_hash=checkpoint_fingerprint(tiny_checkpoint))
+    copy_graph(tiny_graph, engines)  # tiny_checkpoint's graph (exported once for the session), in a folder of its own
     other = write_random_checkpoint(tiny_config(num_heads=2, num_kv_heads=1), tmp_path / "other", seed=8)
     node = start_node(backend="onnxruntime", device="cpu", checkpoint_path=str(other), engine_dir=str(engines),
                       cameras=[camera().name])
