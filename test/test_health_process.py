@@ -58,9 +58,12 @@ def test_inference_that_completes_no_window_is_reported_stale(start_node, ros_cl
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", inference_timeout_s=1.5,
                extra_env=fault_env("slow_30"))
+    # until the camera's first images arrive (discovery on a busy machine can take longer than the timeout) the
+    # stale window is blamed on the camera, rightly; then on the model
     entry = wait_until(lambda: (found := status(diagnostics, "g2vlm: inference")) and "stale" in found.message
-                       and found, 15, "a hung model is not reported as stale")
-    assert entry.level == WARN and "the model has not finished a window" in entry.message
+                       and "the model has not finished a window" in found.message and found, 15,
+                       "a hung model is not reported as stale")
+    assert entry.level == WARN
 
 
 def test_camera_info_is_rescaled_or_ignored_never_contradicting_the_depth_image(start_node, ros_client):

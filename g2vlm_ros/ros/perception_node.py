@@ -84,6 +84,7 @@ class PerceptionNode(LifecycleNode):
         self.state_label = "unconfigured"
         self.backend_error = "not configured yet"  # why no model is loaded
         self.uses_demo_model = False  # set at configure: no checkpoint_path, the embedded demo model runs
+        self.window_abandoned = False  # teardown at exit left a window in the model
         self._input_log = LogThrottle()
         self._transition_lock = threading.Lock()
         self._camera_subscriptions: list = []
@@ -272,9 +273,11 @@ class PerceptionNode(LifecycleNode):
         """Stops inference, frees the model and the outputs; safe to call in any state, twice. `exiting`: the
         process ends, so a window in flight is waited for only EXIT_WAIT_S (then main() ends the process
         without finalizing the interpreter under it)."""
-        if not self.pipeline.unload(EXIT_WAIT_S if exiting else INFERENCE_STOP_TIMEOUT_S, exiting=exiting):
-            self.get_logger().warning("a window was still in the model when inference stopped: left to finish "
-                                      "on its own" if not exiting else "exiting with a window still in the model")
+        self.window_abandoned = not self.pipeline.unload(EXIT_WAIT_S if exiting else INFERENCE_STOP_TIMEOUT_S,
+                                                         exiting=exiting)
+        if self.window_abandoned and not exiting:
+            self.get_logger().warning(f"a window was still in the model {INFERENCE_STOP_TIMEOUT_S:g} s after "
+                                      "inference was stopped: it is left to finish on its own")
         with self.entity_gate.changing_entities():
             for owner in (self.geometry_publisher, self.scale_input):
                 if owner is not None:
@@ -410,9 +413,8 @@ def main(args: Optional[list[str]] = None) -> int:
             f"world frame '{node.config.world_frame}'")
 
     spin_and_tear_down(executor, node, node.entity_gate, node.callback_guard, start)
-    # every ROS entity is destroyed: end here, not in interpreter finalization (see end_process), which could wait
-    # for a callback, a model thread still in a window or DDS teardown
-    end_process(0)
+    if node.window_abandoned:
+        end_process(0)  # every ROS entity is destroyed; the model thread is still in the backend (see end_process)
     return 0
 
 

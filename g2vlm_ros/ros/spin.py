@@ -203,27 +203,15 @@ def tear_down(executor, *nodes, before_destroy: Optional[Callable[[], None]] = N
     for node in nodes:
         node.destroy_node()
     rclpy.try_shutdown()
-    # The context owns the DDS participant: finalizing it now tells every peer at once that this process's
-    # endpoints are gone. Left to a process end without interpreter finalization (end_process), peers would keep
-    # them matched until the participant's lease expires, and a client of a node restarted under the same name
-    # could send its first request to the dead one. (Context.destroy exists from Jazzy on; on Humble the
-    # context is finalized with the interpreter.)
-    destroy_context = getattr(rclpy.get_default_context(), "destroy", None)
-    if destroy_context is not None:
-        destroy_context()
     faulthandler.cancel_dump_traceback_later()
 
 
 def end_process(code: int = 0) -> None:
-    """Ends a node's process right after tear_down destroyed every ROS entity and the context. Not a normal
-    interpreter exit: that joins every executor thread still inside a callback (concurrent.futures joins its
-    workers at exit whatever shutdown(wait=False) said) and tears native thread pools down under a model thread
-    that may still be in a window; either can hang or abort a process that is done. Where rclpy cannot finalize
-    the context explicitly (Humble), the interpreter must do it: then this returns and the caller exits normally."""
-    import rclpy
-
-    if getattr(rclpy.get_default_context(), "destroy", None) is None:
-        return
+    """Ends a node's process after tear_down while a model thread is still inside a window: finalizing the
+    interpreter under it can abort the process (native thread pools torn down while in use). Only for that case:
+    a normal exit also finalizes the DDS participant, which tells peers at once that the node's endpoints are
+    gone (without it, a client of a node restarted under the same name may send its first request to the dead
+    one until the participant's lease expires)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
