@@ -110,10 +110,6 @@ class PerceptionPipeline:
     def active(self) -> bool:
         return self._active
 
-    @property
-    def settings(self) -> PipelineSettings:
-        return self._settings
-
     def load(self, backend: GeometryBackend, motion: Optional[Motion] = None,
              scale_measurement: Optional[ScaleMeasurement] = None) -> None:
         """Starts inference state around `backend`: limits found after out-of-memory and scale fits start over.

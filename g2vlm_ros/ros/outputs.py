@@ -31,7 +31,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
-from g2vlm_ros.pipeline.postprocess import CameraOutput, OutputPolicy, WindowOutputs
+from g2vlm_ros.pipeline.postprocess import CameraOutput, WindowOutputs
 from g2vlm_ros.ros.camera_input import camera_info_from_calibration, frame_header, time_from_ns
 from g2vlm_ros.ros.conversions import numpy_to_image, pack_point_cloud
 from g2vlm_ros.ros.spin import EntityGate
@@ -46,12 +46,6 @@ class FrameSettings:
     frame_prefix: str = "g2vlm/"
     odom_frame: str = ""
     odom_from_world: Optional[np.ndarray] = None  # 4x4, with scale_source tf
-
-
-def output_policy(config, metres_per_unit: Optional[float], withhold_geometry: bool = False) -> OutputPolicy:
-    """The pipeline's output policy from the node's configuration (for tools that post-process themselves)."""
-    return OutputPolicy(metres_per_unit, config.cloud_stride, config.confidence_threshold, config.voxel_size,
-                        withhold_geometry)
 
 
 def optical_frame(camera: str, prefix: str) -> str:
