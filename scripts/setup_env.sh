@@ -71,7 +71,7 @@ cmake --install "$BUILD" >"$LOG_DIR/interfaces-install.log" 2>&1 \
 unset AMENT_PREFIX_PATH CMAKE_PREFIX_PATH
 
 step "Python dependencies ($TORCH_SPEC, numpy, onnx, onnxruntime, ...)"
-pip_install python-deps "$TORCH_SPEC" numpy pyyaml pillow safetensors tokenizers transformers onnx onnxruntime transforms3d rosbags av \
+pip_install python-deps "$TORCH_SPEC" numpy pyyaml pillow safetensors tokenizers transformers onnx onnxruntime transforms3d rosbags av gtsam evo \
   tensorrt-rtx-cu13 pytest pytest-timeout hypothesis ruff colcon-core colcon-ros colcon-cmake colcon-python-setup-py \
   colcon-package-information colcon-package-selection
 
