@@ -24,7 +24,14 @@ PACKAGE_LIB = Path(sys.prefix) / "lib" / "g2vlm_ros"
 PARAMS_FILE = REPO / "config" / "g2vlm.yaml"
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # keep DDS off real network interfaces
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+# One DDS domain per test process, so that parallel workers (pytest -n) never see each other's nodes: a run draws
+# a base from its id, each worker adds its index. A domain given by the caller is kept (single process only).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER:
+    _base = random.Random(os.environ.get("PYTEST_XDIST_TESTRUNUID", "")).randint(1, 90)
+    os.environ["ROS_DOMAIN_ID"] = str(_base + int(_WORKER.removeprefix("gw")))
+else:
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO / "config" / "fastdds_large_shm.xml")
 os.environ.pop("RMW_IMPLEMENTATION", None)  # only rmw_fastrtps_cpp exists in the pip install
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
