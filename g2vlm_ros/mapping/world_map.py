@@ -33,6 +33,7 @@ from g2vlm_ros.mapping.chaining import Anchor
 from g2vlm_ros.mapping.loop_closure import LoopSettings, LoopVerification
 from g2vlm_ros.mapping.map_cloud import MapCloud
 from g2vlm_ros.mapping.map_loops import LoopRequest, MapLoops
+from g2vlm_ros.mapping.occupancy import OccupancyGrid, occupancy_grid
 from g2vlm_ros.mapping.pose_graph import KeyframePoseGraph
 
 KeyframeKey = tuple[str, int]  # (camera name, stamp_ns): the same keyframe in several windows has the same key
@@ -322,6 +323,14 @@ class WorldMap:
             if self._cloud_cache is None or self._cloud_cache[0] != self._windows:
                 self._cloud_cache = (self._windows, self._cloud.build(self._graph.poses()))
             return self._cloud_cache[1]
+
+    def occupancy(self, up: np.ndarray, band: tuple[float, float] = (0.1, 1.5), resolution: float = 0.05,
+                  floor_height: Optional[float] = None) -> OccupancyGrid:
+        """The 2-D occupancy grid of the map cloud (policy in occupancy.py), rays cast from every keyframe camera;
+        band and resolution in map units."""
+        points, _ = self.cloud()
+        viewpoints = np.array([pose[:3, 3] for _, pose in self.keyframe_trajectory()]).reshape(-1, 3)
+        return occupancy_grid(points, up, floor_height, band, resolution, viewpoints=viewpoints)
 
     def stats(self) -> MapStats:
         with self._lock:
