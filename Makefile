@@ -8,6 +8,8 @@ SETUP_INPUTS := scripts/setup_env.sh scripts/ament_install.py setup.py setup.cfg
 		g2vlm_interfaces/action/* launch/* config/*)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# files run on two workers (test/conftest.py orders them longest first); TEST_WORKERS=0 runs them in one process
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test clean
 
@@ -21,7 +23,7 @@ demo: $(SETUP_STAMP)
 	$(PYTHON) -m g2vlm_ros.cli.demo $(DEMO_ARGS)
 
 test: $(SETUP_STAMP)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output build install log *.egg-info

@@ -72,7 +72,7 @@ unset AMENT_PREFIX_PATH CMAKE_PREFIX_PATH
 
 step "Python dependencies ($TORCH_SPEC, numpy, onnx, onnxruntime, ...)"
 pip_install python-deps "$TORCH_SPEC" numpy pyyaml pillow safetensors tokenizers transformers onnx onnxruntime transforms3d rosbags av gtsam evo \
-  tensorrt-rtx-cu13 pytest pytest-timeout hypothesis ruff colcon-core colcon-ros colcon-cmake colcon-python-setup-py \
+  tensorrt-rtx-cu13 pytest pytest-timeout pytest-xdist hypothesis ruff colcon-core colcon-ros colcon-cmake colcon-python-setup-py \
   colcon-package-information colcon-package-selection
 
 step "g2vlm_ros (editable) and its ament index entries"
