@@ -193,6 +193,8 @@ def plan_walk(settings: WalkSettings) -> tuple[np.ndarray, list[str], float]:
     while walked < settings.distance_m - 1e-9:
         direction, mode = LAP_PLAN[(leg // 4) % len(LAP_PLAN)][leg % 4]
         leg_steps = int(round(min(leg_length, settings.distance_m - walked) / settings.step_m))
+        if leg_steps == 0:  # less than half a step left
+            break
         for step in range(leg_steps + 1):
             i = int(round(position_index)) % count
             tangent = line[(i + direction) % count] - line[(i - direction) % count]
@@ -348,6 +350,7 @@ def summarize(sequence: SimulatedSequence, windows: list[SimulatedWindow]) -> Wa
     by_mode: dict[str, float] = {}
     for mode, step in zip(sequence.modes[1:], steps, strict=True):
         by_mode[mode] = by_mode.get(mode, 0.0) + float(step)
-    keyframes = {window.frame_indices[-1] for window in windows if window.newest_is_keyframe}
-    keyframes |= set(windows[0].frame_indices) if windows else set()
+    # every view but a window's newest is a keyframe; the newest is one when the assembler said so
+    keyframes = {index for window in windows for index in window.frame_indices[:-1]}
+    keyframes |= {window.frame_indices[-1] for window in windows if window.newest_is_keyframe}
     return WalkSummary(len(sequence.stamps_ns), len(keyframes), len(windows), sequence.distance_walked_m, by_mode)
