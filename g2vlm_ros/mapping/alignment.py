@@ -116,8 +116,8 @@ def umeyama(source: np.ndarray, target: np.ndarray, weights: np.ndarray, fix_sca
 
 
 def align_points(source: np.ndarray, target: np.ndarray, confidence: Optional[np.ndarray] = None, *,
-                 fix_scale: bool = False, initial: Optional[Sim3] = None, max_iterations: int = 12,
-                 tolerance: float = 1e-10, sigma_floor: float = 1e-9) -> Alignment:
+                 fix_scale: bool = False, initial: Optional[Sim3] = None, max_iterations: int = 8,
+                 tolerance: float = 1e-7, sigma_floor: float = 1e-9) -> Alignment:
     """Robust, confidence-weighted similarity target ~ s R source + t over N correspondences [N,3].
 
     IRLS: weights = confidence * Cauchy(residual / (c * sigma)), sigma = 1.4826 * median residual (a
@@ -195,7 +195,7 @@ class ScaleEvidence:
 
     per_keyframe: tuple[float, ...]  # weighted median depth ratio of each shared keyframe
     scale: float  # weighted median over all shared pixels
-    spread: float  # relative: 1.4826 * median |log(estimate / scale)| over keyframes (0 with one keyframe)
+    spread: float  # relative: mean |log(estimate / scale)| over keyframes (0 with one keyframe)
 
 
 def depth_ratio_scale(map_depths: list[np.ndarray], window_depths: list[np.ndarray],
@@ -212,7 +212,7 @@ def depth_ratio_scale(map_depths: list[np.ndarray], window_depths: list[np.ndarr
         all_ratios.append(ratios)
         all_weights.append(weight)
     scale = weighted_median(np.concatenate(all_ratios), np.concatenate(all_weights))
-    spread = 0.0
-    if len(estimates) > 1:
-        spread = _MAD_TO_SIGMA * float(np.median(np.abs(np.log(np.asarray(estimates) / scale))))
+    # an L1 spread around the median: a median of deviations would read 0 whenever most of a handful of
+    # keyframes agree, hiding the one that does not; a mean of absolute logs shows it, by its share only
+    spread = float(np.mean(np.abs(np.log(np.asarray(estimates) / scale))))
     return ScaleEvidence(tuple(estimates), scale, spread)
