@@ -94,7 +94,7 @@ def evaluate(args: argparse.Namespace, log=print) -> Evaluation:
             started = time.perf_counter()
             run = play_through_map(sequence, windows, backend, closing, label=label, keep_cloud=not args.no_cloud)
             log(f"{label}: {len(windows)} windows in {time.perf_counter() - started:.1f} s, "
-                f"{dict(run.statuses)}, loops {run.loops_accepted}/{run.loop_requests}")
+                f"{dict(run.statuses)}, loops {run.loops_accepted}/{run.loop_requests} ({run.wide_loops} wide)")
             runs.append(run)
             loop_closure[label] = closing
             rows += score_run(sequence, run)
@@ -119,8 +119,9 @@ def markdown_table(evaluation: Evaluation) -> str:
     for row in evaluation.rows:
         s = row.scores
         run = runs.get(row.label) if row.trajectory in ("map", "online") else None
-        loops = f"{run.loops_accepted} of {run.loop_requests}" if run is not None and evaluation.loop_closure.get(
-            row.label) else "-"
+        loops = "-"
+        if run is not None and evaluation.loop_closure.get(row.label):
+            loops = f"{run.loops_accepted} of {run.loop_requests} ({run.wide_loops} wide)"
         timing = f"{np.median(run.mapping_ms):.1f}" if run is not None and run.mapping_ms else "-"
         lines.append(f"| {row.label} | {row.trajectory} | {s.poses} | {s.ate_rmse:.4g} | {s.ate_percent:.3g} | "
                      f"{s.rpe_translation:.3g} / {s.rpe_rotation_deg:.3g} | {s.scale_min:.3f} - {s.scale_max:.3f} | "
@@ -148,7 +149,7 @@ def target_lines(evaluation: Evaluation) -> list[str]:
         run = next(run for run in evaluation.runs if run.label == "noisy + loops")
         percent = by_key[("noisy + loops", "map")].ate_percent
         check(f"noisy backend with loop closure, ATE {percent:.3g} % <= {NOISY_LOOP_ATE_PERCENT:g} % of distance "
-              f"({run.loops_accepted} loops accepted of {run.loop_requests} verified)",
+              f"({run.loops_accepted} loops accepted of {run.loop_requests} verified, {run.wide_loops} wide)",
               percent <= NOISY_LOOP_ATE_PERCENT)
     for label in ("demo", "demo + loops"):
         if (label, "map") in by_key and still is not None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from g2vlm_ros.mapping.loop_closure import image_descriptor
 from g2vlm_ros.mapping.simulated_backends import WindowGeometry
-from g2vlm_ros.mapping.simulation import SimulatedSequence, WalkSettings, appearance_descriptor
+from g2vlm_ros.mapping.simulation import SimulatedSequence, WalkSettings
 from g2vlm_ros.playback.frames import SYNTHETIC_SEED
 
 MAP_PIXELS = (48, 64)  # (h, w) of the points handed to the map, as in the simulated walk
@@ -74,6 +75,9 @@ class DemoModelBackend:
         if result.confidence is not None:
             confidence = result.confidence.float().cpu().numpy()[:, grid[0], grid[1]]
         poses = result.camera_to_world.double().cpu().numpy()
+        if result.descriptors is not None:  # the model's own (pooled DINO tokens), as the node hands them over
+            descriptors = result.descriptors.float().cpu().numpy()
+        else:
+            descriptors = np.stack([image_descriptor(self.images[index]) for index in frame_indices])
         return WindowGeometry(camera_to_window=poses, local_points=points.astype(np.float32),
-                              colors=colors.astype(np.uint8), confidence=confidence,
-                              descriptors=np.stack([appearance_descriptor(self.images[i]) for i in frame_indices]))
+                              colors=colors.astype(np.uint8), confidence=confidence, descriptors=descriptors)

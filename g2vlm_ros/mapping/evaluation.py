@@ -23,6 +23,8 @@ from g2vlm_ros.mapping.simulated_backends import WindowGeometry
 from g2vlm_ros.mapping.simulation import SimulatedSequence, SimulatedWindow
 from g2vlm_ros.mapping.trajectory_scores import TrajectoryScores, score_trajectory, standing_still
 
+WIDE_LOOP_M = 2.0
+
 
 class WindowBackend(Protocol):
     name: str
@@ -44,6 +46,7 @@ class MapRun:
     statuses: Counter = field(default_factory=Counter)
     loop_requests: int = 0
     loops_accepted: int = 0
+    wide_loops: int = 0  # accepted between true cameras > WIDE_LOOP_M apart or > 60 deg turned (a false loop shows here)
     mapping_ms: list[float] = field(default_factory=list)  # WorldMap time per window (add_window + loop verify)
     window_direction: tuple[int, int] = (0, 0)  # (correct, total) newest-vs-previous view steps on backward legs
     cloud: Optional[tuple[np.ndarray, np.ndarray]] = None
@@ -73,6 +76,13 @@ def _loop_frame_indices(sequence: SimulatedSequence, request) -> list[int]:
     """[candidate, current] frame indices of a LoopRequest (keys are (camera, stamp_ns))."""
     index_of = {int(stamp): index for index, stamp in enumerate(sequence.stamps_ns)}
     return [index_of[int(request.candidate[1])], index_of[int(request.current[1])]]
+
+
+def _same_place(sequence: SimulatedSequence, first: int, second: int) -> bool:
+    poses = sequence.camera_to_world
+    relative = poses[first, :3, :3].T @ poses[second, :3, :3]
+    turned = np.degrees(np.arccos(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)))
+    return bool(np.linalg.norm(poses[first, :3, 3] - poses[second, :3, 3]) <= WIDE_LOOP_M and turned <= 60.0)
 
 
 def _window_direction(sequence: SimulatedSequence, frame_indices: list[int], geometry: WindowGeometry) -> int:
@@ -116,7 +126,9 @@ def play_through_map(sequence: SimulatedSequence, windows: list[SimulatedWindow]
             pair = _loop_frame_indices(sequence, request)
             pair_views = observations(sequence, pair, backend.run(pair), True)
             started = time.perf_counter()
-            run.loops_accepted += bool(world.verify_loop(request, pair_views))
+            accepted = bool(world.verify_loop(request, pair_views))
+            run.loops_accepted += accepted
+            run.wide_loops += accepted and not _same_place(sequence, *pair)
             elapsed += time.perf_counter() - started
         run.mapping_ms.append(1e3 * elapsed)
     trajectory = world.keyframe_trajectory()

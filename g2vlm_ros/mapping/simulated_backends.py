@@ -7,6 +7,8 @@ few units. "perfect" gives the exact geometry in that gauge (chaining must then 
 "noisy" perturbs each view's pose relative to the first view (rotation about a random axis, RMS 1 deg; translation
 RMS 2 % of that view's baseline), each pixel's depth (2 % RMS) and replaces a few % of the pixels by outliers
 (depth times a factor between e^-1 and e^1), independently in every window, as a model answers every window anew.
+Descriptors for loop closure are the map's appearance fallback (loop_closure.image_descriptor) of the rendered
+view, what the node uses for a backend that provides none.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from g2vlm_ros.mapping.simulation import SimulatedSequence, appearance_descriptor
+from g2vlm_ros.mapping.loop_closure import image_descriptor
+from g2vlm_ros.mapping.simulation import SimulatedSequence
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class SimulatedBackend:
 
     def _descriptor(self, index: int) -> np.ndarray:
         if index not in self._descriptors:
-            self._descriptors[index] = appearance_descriptor(self.sequence.colors[index])
+            self._descriptors[index] = image_descriptor(self.sequence.colors[index])
         return self._descriptors[index]
 
 

@@ -97,27 +97,11 @@ class SimulatedSequence:
     def key(self, index: int) -> tuple[str, int]:
         return CAMERA, int(self.stamps_ns[index])
 
-    def descriptor(self, index: int) -> np.ndarray:
-        return appearance_descriptor(self.colors[index])
-
 
 @dataclass(frozen=True)
 class SimulatedWindow:
     frame_indices: list[int]  # time order; the last is the newest set
     newest_is_keyframe: bool
-
-
-def appearance_descriptor(rgb: np.ndarray, blocks: tuple[int, int] = (6, 8)) -> np.ndarray:
-    """A global image descriptor: block-averaged grey levels, zero mean and unit norm ([blocks] float32).
-
-    It stands in for the model's pooled encoder tokens: views of one place from one side look alike, views of other
-    places do not; it needs nothing but the image, so simulated and model backends describe views the same way."""
-    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    rows = np.array_split(np.arange(grey.shape[0]), blocks[0])
-    cols = np.array_split(np.arange(grey.shape[1]), blocks[1])
-    pooled = np.array([[grey[np.ix_(r, c)].mean() for c in cols] for r in rows], dtype=np.float32).ravel()
-    pooled -= pooled.mean()
-    return pooled / max(float(np.linalg.norm(pooled)), 1e-6)
 
 
 def rotation_y(angle: float) -> np.ndarray:
