@@ -112,8 +112,8 @@ def _format_direction(row: RunScores) -> str:
 
 def markdown_table(evaluation: Evaluation) -> str:
     header = ("| backend | trajectory | poses | ATE (m) | ATE (% of distance) | RPE per keyframe step (m / deg) "
-              "| scale per 10 m (min - max) | backward steps the right way | loops accepted | mapping ms per window "
-              "(median) |\n|---|---|---|---|---|---|---|---|---|---|")
+              "| scale per 10 m or 1/4 of the walk (min - max) | backward steps the right way | loops accepted "
+              "| mapping ms per window (median) |\n|---|---|---|---|---|---|---|---|---|---|")
     runs = {run.label: run for run in evaluation.runs}
     lines = [header]
     for row in evaluation.rows:

@@ -46,7 +46,7 @@ class MapRun:
     statuses: Counter = field(default_factory=Counter)
     loop_requests: int = 0
     loops_accepted: int = 0
-    wide_loops: int = 0  # accepted between true cameras > WIDE_LOOP_M apart or > 60 deg turned (a false loop shows here)
+    wide_loops: int = 0  # accepted with the true cameras > WIDE_LOOP_M apart or > 60 deg turned (false loops show here)
     mapping_ms: list[float] = field(default_factory=list)  # WorldMap time per window (add_window + loop verify)
     window_direction: tuple[int, int] = (0, 0)  # (correct, total) newest-vs-previous view steps on backward legs
     cloud: Optional[tuple[np.ndarray, np.ndarray]] = None
@@ -163,8 +163,10 @@ def score_poses(sequence: SimulatedSequence, stamps_ns: np.ndarray, poses: np.nd
     index_of = {int(stamp): index for index, stamp in enumerate(sequence.stamps_ns)}
     indices = [index_of[int(stamp)] for stamp in stamps_ns]
     backward = [sequence.modes[index] == "backward" for index in indices]
+    # scale drift per 10 m, or per quarter of a shorter walk (the demo model's room is a few metres)
+    segment_m = min(10.0, sequence.distance_walked_m / 4.0)
     return score_trajectory(sequence.camera_to_world[indices], poses, stamps_ns,
-                            sequence.distance_walked_m, direction_selected=backward)
+                            sequence.distance_walked_m, direction_selected=backward, segment_m=segment_m)
 
 
 def score_run(sequence: SimulatedSequence, run: MapRun) -> list[RunScores]:
