@@ -94,6 +94,13 @@ class Window(Generic[F]):
     keyframes: int  # K
     newest_stamp_ns: int  # newest stamp in the window
     anchor_stamp_ns: int  # pivot stamp of the newest synchronized set
+    # False when the newest set is not a keyframe: it ends this window for the present, but the map places it
+    # without keeping it (every other set of a window is a keyframe)
+    newest_is_keyframe: bool = True
+
+    def is_keyframe(self, index: int) -> bool:
+        """Whether frames[index] belongs to a keyframe set (only the newest set may not)."""
+        return self.newest_is_keyframe or index % self.keyframes != self.keyframes - 1
 
     def frames_of(self, camera: str) -> list[F]:
         start = self.cameras.index(camera) * self.keyframes
@@ -191,15 +198,16 @@ class WindowAssembler(Generic[F]):
         """The window of the newest synchronized set not used before, if complete; older new sets only feed the
         keyframe logic, in time order."""
         newest_window_sets: Optional[list[_SyncSet[F]]] = None
+        newest_is_keyframe = True
         while (sync_set := self._next_set()) is not None:
             self.stats.sets_matched += 1
-            newest_window_sets = self._window_sets(sync_set)
+            newest_window_sets, newest_is_keyframe = self._window_sets(sync_set)
         if newest_window_sets is None or len(newest_window_sets) < self.policy.window_size:
             return None
         frames = [sync_set.frames[camera] for camera in range(len(self.cameras)) for sync_set in newest_window_sets]
         return Window(frames=frames, cameras=list(self.cameras), keyframes=self.policy.window_size,
                       newest_stamp_ns=max(frame.stamp_ns for frame in frames),
-                      anchor_stamp_ns=newest_window_sets[-1].pivot_ns)
+                      anchor_stamp_ns=newest_window_sets[-1].pivot_ns, newest_is_keyframe=newest_is_keyframe)
 
     def _next_set(self) -> Optional[_SyncSet[F]]:
         """The oldest new set, consumed from the buffers; or None, after dropping frames that cannot match."""
@@ -240,8 +248,9 @@ class WindowAssembler(Generic[F]):
             self._last_used_ns[index] = member.stamp_ns
         self._last_pivot_ns = pivot_ns
 
-    def _window_sets(self, sync_set: _SyncSet[F]) -> list[_SyncSet[F]]:
-        """Updates the keyframes with `sync_set`; returns the sets of its window (maybe fewer than K).
+    def _window_sets(self, sync_set: _SyncSet[F]) -> tuple[list[_SyncSet[F]], bool]:
+        """Updates the keyframes with `sync_set`; returns the sets of its window (maybe fewer than K) and whether
+        `sync_set` became a keyframe.
 
         A set that is not a keyframe still ends its window after the last K-1 keyframes: outputs describe the present
         while the keyframes give the baseline.
@@ -250,9 +259,9 @@ class WindowAssembler(Generic[F]):
         if self._is_keyframe(sync_set):
             self._keyframe_sets.append(sync_set)
             self.stats.keyframes += 1
-            return list(self._keyframe_sets)
+            return list(self._keyframe_sets), True
         baseline = keyframe_sets[max(0, len(keyframe_sets) - (self.policy.window_size - 1)):]
-        return baseline + [sync_set]
+        return baseline + [sync_set], False
 
     def _is_keyframe(self, candidate: _SyncSet[F]) -> bool:
         if not self._keyframe_sets:
