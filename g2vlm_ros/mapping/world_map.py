@@ -1,0 +1,367 @@
+"""One continuous world from overlapping windows: chaining, the keyframe pose graph and the map cloud.
+
+`WorldMap.add_window` takes one window of model output (its views' poses and local points, in the window's own
+frame and unit) and returns where every view is in the map:
+1. The first window initializes the map: the map frame is its frame, the map unit its unit (or metres when the
+   map is metric).
+2. Every later window is aligned to the map on the views it shares with it (keyframes still in the window, or
+   the previous window's newest view when it is the same frame): a robust similarity from their dense points
+   (rigid when metric), status "chained". If nothing is shared (a window of one set, dropped windows, a reset
+   upstream) the window starts a new segment, status "reinitialized": its first view continues from the
+   previous window's newest pose with identity motion and the previous scale, linked by a loose graph edge. It
+   is a guess, said so in the status, never a crash.
+3. New keyframes become graph nodes with stored points (map units, their camera frame); every keyframe pair the
+   window relates becomes an edge; ISAM2 updates; keyframe views are placed at their optimized poses, the
+   window's other views relative to its newest keyframe.
+Thread-safe: the node adds windows on its worker thread and builds the cloud on a timer.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from g2vlm_ros.mapping import chaining
+from g2vlm_ros.mapping.alignment import Sim3
+from g2vlm_ros.mapping.chaining import Anchor
+from g2vlm_ros.mapping.map_cloud import MapCloud
+from g2vlm_ros.mapping.pose_graph import KeyframePoseGraph
+
+KeyframeKey = tuple[str, int]  # (camera name, stamp_ns): the same keyframe in several windows has the same key
+
+
+@dataclass(frozen=True)
+class ViewObservation:
+    key: KeyframeKey
+    keyframe: bool  # False: the window's newest set that is not a keyframe (placed, not kept)
+    camera_to_window: np.ndarray  # [4,4] float64, window frame and unit
+    points: np.ndarray  # [h,w,3] float32 local points (camera frame, window unit); NaN/inf/<=0 depth = invalid
+    confidence: Optional[np.ndarray] = None  # [h,w] float32 in [0,1]
+    colors: Optional[np.ndarray] = None  # [h,w,3] uint8, for the map cloud
+    descriptor: Optional[np.ndarray] = None  # [D] float32 global descriptor, for loop closure
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    voxel_size: float = 0.05  # map cloud voxel (map units)
+    max_points: int = 300_000  # memory bound of the map cloud (policy in map_cloud.py)
+    min_shared_points: int = 200  # fewer valid shared pixels: the window cannot be chained
+    loop_closure: bool = True
+    max_alignment_points: int = 4000  # shared pixels used per alignment, thinned evenly: bounds the cost
+    alignment_memory_windows: int = 4  # a keyframe absent from this many windows drops its alignment pixels
+    cloud_min_confidence: float = 0.0  # pixels below this confidence stay out of the map cloud
+    edge_rotation_sigma_deg: float = 1.0  # window edge noise: rotation
+    edge_translation_sigma: float = 0.02  # window edge noise: translation, as a fraction of the window's median depth
+    bridge_sigma_factor: float = 50.0  # a new segment's link to the previous one: this many times looser
+
+    def validate(self) -> None:
+        positive = ("max_points", "min_shared_points", "max_alignment_points", "alignment_memory_windows",
+                    "edge_rotation_sigma_deg", "edge_translation_sigma", "bridge_sigma_factor")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+                raise ValueError(f"MapSettings.{name} must be positive, got {value!r}")
+        if not np.isfinite(self.voxel_size) or self.voxel_size < 0:
+            raise ValueError(f"MapSettings.voxel_size must be >= 0, got {self.voxel_size!r}")
+        if not 0.0 <= self.cloud_min_confidence <= 1.0:
+            raise ValueError(f"MapSettings.cloud_min_confidence must be in [0, 1], got {self.cloud_min_confidence!r}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What one window became in the map."""
+
+    window_to_map: Sim3
+    camera_to_map: np.ndarray  # [N,4,4] float64, every view of the window in input order, map frame and unit
+    status: str  # "initialized" | "chained" | "reinitialized" (no shared keyframe: a new segment)
+    shared_keyframes: int  # shared views the alignment used (the previous window's newest view counts too)
+    scale_ratio: float  # map units per window unit from the dense points (1.0 expected when metric)
+    scale_spread: float  # relative spread of the per-keyframe scale estimates (robust); NaN when not measured
+    residual: float  # robust RMS of the shared points after alignment, map units; NaN when not measured
+    loop_closures: int  # loop edges accepted with this window
+
+
+@dataclass(frozen=True)
+class MapStats:
+    windows: int
+    keyframes: int
+    segments: int  # 1 + reinitializations
+    edges: int
+    loop_closures: int
+    cloud_points: int  # points stored for the map cloud (<= MapSettings.max_points)
+    evicted_keyframes: int  # keyframes whose points left the cloud under the memory bound
+    last_status: str
+    scale_ratio: float  # newest window: map units per window unit
+    scale_change: float  # newest window's unit relative to the previous window's (metric: the scale itself)
+    cumulative_scale_drift: float  # product of scale_change since the first window
+    median_scale_change: float  # median |scale_change - 1| over the recent windows: the typical drift per window
+    residual: float  # newest window's alignment residual (map units)
+    mapping_ms: float  # newest window's add_window time
+    mean_mapping_ms: float
+
+
+@dataclass
+class _Keyframe:
+    key: KeyframeKey
+    node: int
+    anchor: Optional[Anchor]  # pose refreshed from the graph when used; dropped when the keyframe leaves the windows
+    last_window: int
+    descriptor: Optional[np.ndarray]
+
+
+class WorldMap:
+    def __init__(self, settings: MapSettings = MapSettings(), metric: bool = False):
+        settings.validate()
+        self.settings = settings
+        self.metric = metric
+        self._lock = threading.RLock()
+        self._graph = KeyframePoseGraph()
+        self._cloud = MapCloud(settings.voxel_size, settings.max_points)
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._graph.reset()
+            self._cloud.clear()
+            self._keyframes: dict[KeyframeKey, _Keyframe] = {}
+            self._by_node: dict[int, _Keyframe] = {}
+            self._previous_views: dict[KeyframeKey, Anchor] = {}  # the last window's non-keyframe views
+            self._last_pose: Optional[np.ndarray] = None  # the last window's newest view in the map
+            self._last_node: Optional[int] = None  # the newest keyframe node
+            self._last_scale = 1.0
+            self._windows = 0
+            self._segments = 0
+            self._loop_closures = 0
+            self._last_status = "empty"
+            self._scale_ratio = self._scale_change = self._cumulative_drift = 1.0
+            self._scale_changes: deque[float] = deque(maxlen=1000)
+            self._residual = math.nan
+            self._mapping_ms = self._total_ms = 0.0
+            self._cloud_cache: Optional[tuple[int, tuple[np.ndarray, np.ndarray]]] = None
+
+    def add_window(self, views: Sequence[ViewObservation], stamp_ns: int) -> Placement:
+        """Aligns one window to the map, adds its keyframes and edges, optimizes; see the module docstring."""
+        views = _checked_views(views)
+        with self._lock:
+            started = time.perf_counter()
+            placement = self._add_window(views)
+            self._windows += 1
+            self._mapping_ms = 1000.0 * (time.perf_counter() - started)
+            self._total_ms += self._mapping_ms
+            return placement
+
+    def _add_window(self, views: list[ViewObservation]) -> Placement:
+        settings = self.settings
+        spread = residual = math.nan
+        shared = 0
+        if self._last_pose is None:
+            status, window_to_map, scale_ratio, spread, residual = "initialized", Sim3.identity(), 1.0, 0.0, 0.0
+            self._segments = 1
+        else:
+            fit = chaining.fit_window(views, self._anchors(), self.metric, settings.min_shared_points,
+                             settings.max_alignment_points)
+            if fit is not None:
+                status, window_to_map = "chained", fit.alignment.transform
+                scale_ratio, spread, residual = fit.alignment.free_scale, fit.scale.spread, fit.alignment.residual
+                shared = fit.shared_views
+            else:
+                # nothing shared: continue from the last pose, in the last scale, and say that it is a guess
+                status, scale_ratio = "reinitialized", self._last_scale
+                window_to_map = chaining.continue_from(self._last_pose, _oldest(views).camera_to_window,
+                                              1.0 if self.metric else self._last_scale)
+                self._segments += 1
+        self._record_scale(status, scale_ratio, residual)
+        self._last_status = status
+        scale = window_to_map.scale
+        nodes, new_nodes = self._add_keyframes(views, window_to_map)
+        self._add_edges(views, nodes, new_nodes, window_to_map, status)
+        self._graph.optimize()
+        poses = self._place(views, nodes, window_to_map)
+        self._remember(views, nodes, poses, scale)
+        return Placement(window_to_map, poses, status, shared, scale_ratio, spread, residual, 0)
+
+    def _anchors(self) -> dict[KeyframeKey, Anchor]:
+        anchors = dict(self._previous_views)
+        for key, keyframe in self._keyframes.items():
+            if keyframe.anchor is not None:
+                keyframe.anchor.camera_to_map = self._graph.pose(keyframe.node)
+                anchors[key] = keyframe.anchor
+        return anchors
+
+    def _record_scale(self, status: str, scale_ratio: float, residual: float) -> None:
+        if status == "chained":
+            # the unit change since the previous window: a similarity map absorbs it into the window's scale
+            change = scale_ratio if self.metric else scale_ratio / self._scale_ratio
+            self._scale_change = change
+            self._cumulative_drift *= change
+            self._scale_changes.append(abs(change - 1.0))
+            self._last_scale = scale_ratio
+        else:
+            self._scale_change = 1.0
+        self._scale_ratio = scale_ratio
+        self._residual = residual
+
+    def _add_keyframes(self, views: list[ViewObservation], window_to_map: Sim3) -> tuple[dict[int, int], set[int]]:
+        """Graph nodes for the window's keyframe views: (view index -> node, the nodes created now)."""
+        nodes, new_nodes = {}, set()
+        for index, view in enumerate(views):
+            if not view.keyframe:
+                continue
+            keyframe = self._keyframes.get(view.key)
+            if keyframe is None:
+                node = len(self._by_node)
+                self._graph.add_node(node, window_to_map.apply_pose(view.camera_to_window))
+                keyframe = _Keyframe(view.key, node, None, self._windows, view.descriptor)
+                self._keyframes[view.key] = keyframe
+                self._by_node[node] = keyframe
+                self._store_points(node, view, window_to_map.scale)
+                new_nodes.add(node)
+            keyframe.last_window = self._windows
+            nodes[index] = keyframe.node
+        return nodes, new_nodes
+
+    def _store_points(self, node: int, view: ViewObservation, scale: float) -> None:
+        valid = chaining.valid_pixels(view.points, view.confidence)
+        if view.confidence is not None and self.settings.cloud_min_confidence > 0:
+            valid &= view.confidence >= self.settings.cloud_min_confidence
+        colors = view.colors[valid] if view.colors is not None else np.full((int(valid.sum()), 3), 255, np.uint8)
+        self._cloud.add(node, view.points[valid].astype(np.float64) * scale, colors)
+
+    def _add_edges(self, views: list[ViewObservation], nodes: dict[int, int], new_nodes: set[int],
+                   window_to_map: Sim3, status: str) -> None:
+        settings = self.settings
+        scale = window_to_map.scale
+        rotation_sigma = math.radians(settings.edge_rotation_sigma_deg)
+        translation_sigma = settings.edge_translation_sigma * chaining.median_depth(views, scale)
+        for first, second in chaining.window_edges(views):
+            measured = chaining.relative_pose(views[first].camera_to_window, views[second].camera_to_window, scale)
+            self._graph.add_edge(nodes[first], nodes[second], measured, rotation_sigma, translation_sigma)
+        if nodes and self._last_node is not None and set(nodes.values()) <= new_nodes:
+            # no keyframe of this window was in the graph: link its oldest to the newest keyframe, loosely when
+            # it is a guess (a new segment), like a window edge when the window was aligned on a shared view
+            oldest = min(nodes, key=lambda index: views[index].key[1])
+            looseness = settings.bridge_sigma_factor if status == "reinitialized" else 2.0
+            previous_pose = self._graph.pose(self._last_node)
+            new_pose = self._graph.pose(nodes[oldest])
+            self._graph.add_edge(self._last_node, nodes[oldest], chaining.relative_pose(previous_pose, new_pose, 1.0),
+                                 min(rotation_sigma * looseness, math.pi), translation_sigma * looseness, "bridge")
+
+    def _place(self, views: list[ViewObservation], nodes: dict[int, int], window_to_map: Sim3) -> np.ndarray:
+        """Keyframes at their optimized poses; other views relative to the window's newest keyframe (same camera
+        preferred), so that they move with the graph; with no keyframe at all, by the alignment alone."""
+        poses = np.empty((len(views), 4, 4))
+        optimized = {index: self._graph.pose(node) for index, node in nodes.items()}
+        for index, view in enumerate(views):
+            if index in optimized:
+                poses[index] = optimized[index]
+                continue
+            candidates = sorted(optimized, key=lambda other: (views[other].key[0] == view.key[0],
+                                                              views[other].key[1]))
+            if not candidates:
+                poses[index] = window_to_map.apply_pose(view.camera_to_window)
+                continue
+            anchor = candidates[-1]
+            poses[index] = optimized[anchor] @ chaining.relative_pose(
+                views[anchor].camera_to_window, view.camera_to_window, window_to_map.scale)
+        return poses
+
+    def _remember(self, views: list[ViewObservation], nodes: dict[int, int], poses: np.ndarray,
+                  scale: float) -> None:
+        """What the next window may align to: this window's views (pixels in map units), stale ones dropped."""
+        self._previous_views = {}
+        for index, view in enumerate(views):
+            anchor = Anchor(poses[index], (view.points.astype(np.float64) * scale).astype(np.float32),
+                            view.confidence)
+            if index in nodes:
+                self._by_node[nodes[index]].anchor = self._by_node[nodes[index]].anchor or anchor
+            else:
+                self._previous_views[view.key] = anchor
+        for keyframe in self._keyframes.values():
+            if self._windows - keyframe.last_window >= self.settings.alignment_memory_windows:
+                keyframe.anchor = None
+        newest = max(range(len(views)), key=lambda index: views[index].key[1])
+        self._last_pose = poses[newest]
+        if nodes:
+            self._last_node = max(nodes.values(), key=lambda node: self._by_node[node].key[1])
+        self._cloud_cache = None
+
+    def keyframe_trajectory(self) -> list[tuple[KeyframeKey, np.ndarray]]:
+        """Every keyframe's optimized camera_to_map, in time order (then camera name)."""
+        with self._lock:
+            poses = self._graph.poses()
+            return [(keyframe.key, poses[keyframe.node])
+                    for keyframe in sorted(self._by_node.values(), key=lambda kf: (kf.key[1], kf.key[0]))]
+
+    def cloud(self) -> tuple[np.ndarray, np.ndarray]:
+        """The map cloud (points [M,3] float32, colors [M,3] uint8, map frame), rebuilt from the optimized poses
+        when a window was added since the last call."""
+        with self._lock:
+            if self._cloud_cache is None or self._cloud_cache[0] != self._windows:
+                self._cloud_cache = (self._windows, self._cloud.build(self._graph.poses()))
+            return self._cloud_cache[1]
+
+    def stats(self) -> MapStats:
+        with self._lock:
+            changes = list(self._scale_changes)
+            return MapStats(
+                windows=self._windows, keyframes=len(self._by_node), segments=self._segments,
+                edges=self._graph.edges(), loop_closures=self._loop_closures,
+                cloud_points=self._cloud.stored_points, evicted_keyframes=self._cloud.evicted_keyframes,
+                last_status=self._last_status, scale_ratio=self._scale_ratio, scale_change=self._scale_change,
+                cumulative_scale_drift=self._cumulative_drift,
+                median_scale_change=float(np.median(changes)) if changes else 0.0, residual=self._residual,
+                mapping_ms=self._mapping_ms, mean_mapping_ms=self._total_ms / max(self._windows, 1))
+
+    def loop_request(self):
+        """A candidate keyframe to verify after add_window, or None (loop closure is not wired in yet)."""
+        return None
+
+    def verify_loop(self, request, views: Sequence[ViewObservation]) -> bool:
+        """Whether the loop of `request` is accepted; without loop closure there is nothing to accept."""
+        return False
+
+
+def _oldest(views: list[ViewObservation]) -> ViewObservation:
+    return min(views, key=lambda view: view.key[1])
+
+
+def _checked_views(views: Sequence[ViewObservation]) -> list[ViewObservation]:
+    """Clear errors for malformed input; rotations projected onto SO(3) (model poses are not exactly orthonormal)."""
+    views = list(views)
+    if not views:
+        raise ValueError("a window needs at least one view")
+    keys = set()
+    checked = []
+    for view in views:
+        key = view.key
+        if (not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[0], str)
+                or isinstance(key[1], bool) or not isinstance(key[1], (int, np.integer))):
+            raise ValueError(f"a view key must be (camera name, stamp_ns), got {key!r}")
+        if key in keys:
+            raise ValueError(f"view {key} appears twice in one window")
+        keys.add(key)
+        pose = np.asarray(view.camera_to_window, np.float64)
+        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+            raise ValueError(f"view {key}: camera_to_window must be a finite [4,4] matrix")
+        if np.abs(pose[:3, :3].T @ pose[:3, :3] - np.eye(3)).max() > 1e-2 or np.linalg.det(pose[:3, :3]) <= 0:
+            raise ValueError(f"view {key}: camera_to_window has no rotation in its upper-left block (scale inside?)")
+        pose = pose.copy()
+        pose[:3, :3] = chaining.project_rotation(pose[:3, :3])
+        pose[3] = (0.0, 0.0, 0.0, 1.0)
+        points = np.asarray(view.points)
+        if points.ndim != 3 or points.shape[2] != 3 or points.shape[0] * points.shape[1] == 0:
+            raise ValueError(f"view {key}: points must be [h,w,3] with h,w >= 1, got {points.shape}")
+        shape = points.shape[:2]
+        if view.confidence is not None and np.shape(view.confidence) != shape:
+            raise ValueError(f"view {key}: confidence must be {shape}, got {np.shape(view.confidence)}")
+        if view.colors is not None and (np.shape(view.colors) != (*shape, 3) or view.colors.dtype != np.uint8):
+            raise ValueError(f"view {key}: colors must be uint8 {(*shape, 3)}, got {np.shape(view.colors)}")
+        checked.append(ViewObservation((key[0], int(key[1])), bool(view.keyframe), pose, points, view.confidence,
+                                       view.colors, view.descriptor))
+    return checked
