@@ -103,6 +103,7 @@ class PerceptionPipeline:
         self._worker: Optional[LatestOnlyWorker[Window[Frame]]] = None
         self._scale_measurement: Optional[ScaleMeasurement] = None
         self._map: Optional[MapStage] = None
+        self._processed_keyframe_ns = -1  # first camera's frame of the newest keyframe set that went through the model
         self._health = InferenceHealth(settings.out_of_memory_policy)
         self._scale = self._new_scale_tracker()
         self._windows_rate_limited = 0
@@ -122,7 +123,10 @@ class PerceptionPipeline:
         """Starts inference state around `backend`: limits found after out-of-memory and scale fits start over.
         `motion(previous, candidate)`: the robot's motion between keyframe candidates (motion keyframes)."""
         settings = self._settings
-        self._assembler = WindowAssembler(list(settings.cameras), settings.window, motion=motion)
+        self._processed_keyframe_ns = -1
+        # a new keyframe waits for the previous one to be processed: consecutive windows share one, and chain
+        self._assembler = WindowAssembler(list(settings.cameras), settings.window, motion=motion,
+                                          keyframe_processed=self._keyframe_processed)
         self._health = InferenceHealth(settings.out_of_memory_policy)
         self._scale = self._new_scale_tracker()
         self._scale_measurement = scale_measurement
@@ -140,6 +144,7 @@ class PerceptionPipeline:
         with self._window_lock:
             if self._assembler is not None:
                 self._assembler.reset()
+            self._processed_keyframe_ns = -1
         if self._map is not None:
             self._map.reset()
 
@@ -197,6 +202,7 @@ class PerceptionPipeline:
                 return
             if frame.clock_reset:
                 assembler.reset()
+                self._processed_keyframe_ns = -1
                 if self._map is not None:
                     self._map.reset()
                 self._log.warning(
@@ -243,6 +249,9 @@ class PerceptionPipeline:
         self._on_result(snapshot, window_outputs(window.frames, result, policy, settings.cameras[0], placement))
         health.record_success()
         self.activity.window_completed()
+        first_camera_keyframes = [frame.stamp_ns for index, frame in enumerate(window.frames[:window.keyframes])
+                                  if window.is_keyframe(index)]
+        self._processed_keyframe_ns = max([self._processed_keyframe_ns, *first_camera_keyframes])
         if world_map is not None and self._active:  # after the outputs: a loop check never delays them
             world_map.check_loop(backend)
 
@@ -264,6 +273,9 @@ class PerceptionPipeline:
         self._log.warning(
             f"out of memory on a window of {len(window.frames)} views ({reason}); retrying with "
             f"{len(smaller.frames)} and keeping at most {smaller.keyframes} keyframe(s) per camera")
+
+    def _keyframe_processed(self, keyframe_set) -> bool:
+        return keyframe_set[0].stamp_ns <= self._processed_keyframe_ns
 
     def _throttled_error(self, message: str) -> None:
         now = time.monotonic()

@@ -62,6 +62,9 @@ F = TypeVar("F", bound=TimedFrame)
 Motion = Callable[[Sequence[TimedFrame], Sequence[TimedFrame]], Optional[tuple[float, float]]]
 """motion(previous_keyframe_set, candidate_set) -> (translation_m, rotation_deg) of the first camera, or None."""
 
+KeyframeProcessed = Callable[[Sequence[TimedFrame]], bool]
+"""keyframe_processed(keyframe_set) -> whether a window holding this keyframe set has been through the model."""
+
 
 @dataclass(frozen=True)
 class WindowPolicy:
@@ -140,7 +143,11 @@ class WindowAssembler(Generic[F]):
     Not thread-safe: the caller serializes add(), poll() and reset() (the node holds its own lock).
     """
 
-    def __init__(self, cameras: Sequence[str], policy: WindowPolicy, motion: Optional[Motion] = None):
+    def __init__(self, cameras: Sequence[str], policy: WindowPolicy, motion: Optional[Motion] = None,
+                 keyframe_processed: Optional[KeyframeProcessed] = None):
+        """`keyframe_processed`: when given, once windows are complete a new keyframe waits until the newest one
+        has been through the model. Consecutive processed windows then always share a keyframe, however many
+        windows a slow model drops in between, which is what chains them into one map."""
         if not cameras:
             raise ValueError("cameras must not be empty")
         if len(set(cameras)) != len(cameras):
@@ -148,6 +155,7 @@ class WindowAssembler(Generic[F]):
         self.cameras = list(cameras)
         self.stats = WindowStats()
         self._motion = motion
+        self._keyframe_processed = keyframe_processed
         self._camera_index = {camera: index for index, camera in enumerate(self.cameras)}
         self.policy = policy
         self.reset()
@@ -268,6 +276,9 @@ class WindowAssembler(Generic[F]):
             return True
         last = self._keyframe_sets[-1]
         if candidate.pivot_ns - last.pivot_ns < self._min_interval_ns:
+            return False
+        if (self._keyframe_processed is not None and len(self._keyframe_sets) >= self.policy.window_size
+                and not self._keyframe_processed(last.frames)):
             return False
         policy = self.policy
         motion_enabled = policy.keyframe_min_motion_m > 0 or policy.keyframe_min_rotation_deg > 0
