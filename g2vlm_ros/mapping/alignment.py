@@ -195,7 +195,7 @@ class ScaleEvidence:
 
     per_keyframe: tuple[float, ...]  # weighted median depth ratio of each shared keyframe
     scale: float  # weighted median over all shared pixels
-    spread: float  # relative: 1.4826 * median |log(estimate / scale)| over keyframes (0 with one keyframe)
+    spread: float  # relative: mean |log(estimate / scale)| over keyframes (0 with one keyframe)
 
 
 def depth_ratio_scale(map_depths: list[np.ndarray], window_depths: list[np.ndarray],
@@ -212,7 +212,7 @@ def depth_ratio_scale(map_depths: list[np.ndarray], window_depths: list[np.ndarr
         all_ratios.append(ratios)
         all_weights.append(weight)
     scale = weighted_median(np.concatenate(all_ratios), np.concatenate(all_weights))
-    spread = 0.0
-    if len(estimates) > 1:
-        spread = _MAD_TO_SIGMA * float(np.median(np.abs(np.log(np.asarray(estimates) / scale))))
+    # an L1 spread around the median: a median of deviations would read 0 whenever most of a handful of
+    # keyframes agree, hiding the one that does not; a mean of absolute logs shows it, by its share only
+    spread = float(np.mean(np.abs(np.log(np.asarray(estimates) / scale))))
     return ScaleEvidence(tuple(estimates), scale, spread)
