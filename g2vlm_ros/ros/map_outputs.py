@@ -88,28 +88,15 @@ def _pose(matrix: np.ndarray) -> Pose:
     return pose_from_matrix(matrix)
 
 
-def grid_message(grid, up: np.ndarray, header: Header) -> OccupancyGrid:
-    """nav_msgs/OccupancyGrid of a mapping.occupancy.OccupancyGrid, whose cells lie in the plane normal to `up`."""
+def grid_message(grid, header: Header) -> OccupancyGrid:
+    """nav_msgs/OccupancyGrid of a mapping.occupancy.OccupancyGrid (its cells lie in the plane normal to up)."""
     message = OccupancyGrid(header=header)
     message.info.map_load_time = header.stamp
     message.info.resolution = float(grid.resolution)
     message.info.width, message.info.height = int(grid.width), int(grid.height)
-    message.info.origin = _pose(grid_origin(grid, up))
+    message.info.origin = _pose(grid.origin_pose())
     message.data = np.asarray(grid.data, np.int8).reshape(-1).tolist()
     return message
-
-
-def grid_origin(grid, up: np.ndarray) -> np.ndarray:
-    """[4,4] pose in the map frame of the grid's cell (0, 0) corner: x, y along the grid's axes, z along up."""
-    from g2vlm_ros.mapping.occupancy import plane_basis
-
-    x_axis, y_axis = plane_basis(up)
-    rotation = np.column_stack([x_axis, y_axis, np.cross(x_axis, y_axis)])
-    origin = np.eye(4)
-    origin[:3, :3] = rotation
-    origin[:3, 3] = x_axis * grid.origin_xy[0] + y_axis * grid.origin_xy[1] + up * float(
-        getattr(grid, "floor_height", 0.0))
-    return origin
 
 
 @dataclass(frozen=True)
@@ -194,8 +181,13 @@ class MapPublisher:
             from g2vlm_ros.mapping.occupancy import occupancy_grid
 
             resolution, band = self.grid_settings
-            grid = occupancy_grid(points, up, band=band, resolution=resolution)
-            self.grid.publish(grid_message(grid, up, header))
+            viewpoints = np.array([pose[:3, 3] for _, pose in trajectory]).reshape(-1, 3)  # free space: rays to them
+            try:
+                grid = occupancy_grid(points, up, band=band, resolution=resolution, viewpoints=viewpoints)
+            except ValueError as error:  # e.g. a grid too large for the resolution: the cloud still went out
+                self.node.get_logger().warning(f"no map_grid: {error}", throttle_duration_sec=10.0)
+            else:
+                self.grid.publish(grid_message(grid, header))
         return True
 
 

@@ -38,7 +38,7 @@ def save_map(world_map: Optional[MapStage], requested_path: str, describe_units:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         (write_ply if path.suffix.lower() == ".ply" else write_pcd)(path, points, colors)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         return False, f"cannot write {path}: {error}", str(path)
     return True, f"{len(points)} points in frame '{map_frame}', {describe_units}", str(path)
 
@@ -54,8 +54,8 @@ def save_trajectory(world_map: Optional[MapStage], requested_path: str, camera: 
     trajectory = [(key[1], pose) for key, pose in world_map.trajectory(camera)]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_tum(path, trajectory)
-    except OSError as error:
+        write_tum(path, trajectory, comment=f"camera '{camera}' optical frame in '{map_frame}', {describe_units}")
+    except (OSError, ValueError) as error:
         return False, f"cannot write {path}: {error}", str(path)
     return True, (f"{len(trajectory)} keyframe poses of camera '{camera}' (its optical frame in '{map_frame}'), "
                   f"{describe_units}"), str(path)
