@@ -92,6 +92,8 @@ def test_onnxruntime_backend_matches_torch_and_selects_graphs_by_checkpoint(chec
     ours, reference = backend.run(images), torch_run[1]  # the torch backend on the same images
     for name in ("world_points", "local_points", "camera_to_world", "depth"):
         assert relative_error(getattr(ours, name), getattr(reference, name)) < 1e-4, name
+    # global descriptors (loop closure) come from the torch backend only; exported graphs leave them out
+    assert ours.descriptors is None and reference.descriptors is not None
     with pytest.raises(BackendUnavailableError, match=r"no exported graph for bucket 1x392x518; available: 2x392x518"):
         backend.run(images[:1])
     with pytest.raises(BackendUnavailableError, match="no exported geometry graph for model"):

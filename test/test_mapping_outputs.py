@@ -151,3 +151,20 @@ def test_occupancy_grid_of_a_box_room_has_walls_and_a_free_inside():
         occupancy_grid(points, np.zeros(3))
     with pytest.raises(ValueError, match="empty"):
         occupancy_grid(np.zeros((0, 3)), up)
+
+
+def test_world_map_occupancy_from_its_cloud_and_keyframe_cameras():
+    sequence = synthetic_sequence(ellipse_walk(24), window_size=3, seed=6, gauge=False, metric=True)
+    world = WorldMap(MapSettings(voxel_size=0.05), metric=True)
+    for views, stamp in zip(sequence.windows, sequence.stamps, strict=True):
+        world.add_window(views, stamp)
+    first_to_world = sequence.world_truth[sequence.windows[0][0].key]
+    world_to_map = np.linalg.inv(first_to_world)
+    up = world_to_map[:3, :3] @ np.array([0.0, -1.0, 0.0])  # the room's y points down
+    grid = world.occupancy(up, resolution=0.1)
+    room = BoxRoom()
+    assert grid.floor_height == pytest.approx(-room.floor_y + up @ world_to_map[:3, 3], abs=0.1)
+    centre, wall = grid.cells(np.array([[0.0, 0.0, 0.0], [room.half_width - 0.02, 0.0, 0.0]]) @ world_to_map[:3, :3].T
+                              + world_to_map[:3, 3])
+    assert grid.data[centre[1], centre[0]] == FREE
+    assert grid.data[wall[1], wall[0]] == OCCUPIED

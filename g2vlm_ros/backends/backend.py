@@ -41,9 +41,14 @@ class GeometryResult:
     # where `confidence` comes from: "head" (the checkpoint's confidence head), "head_agreement"
     # (posed local points vs global points, g2vlm_ros.geometry.window_frame) or "none"
     confidence_source: str = "none"
+    # [N,D] float32, unit L2 norm: one global descriptor per view for loop closure (mean-pooled DINO patch
+    # tokens, see deploy.export.pooled_descriptors); None where the backend cannot provide it (exported graphs,
+    # placeholder): the map then falls back to mapping.loop_closure.image_descriptor
+    descriptors: Optional[torch.Tensor] = None
 
     @classmethod
-    def from_reconstruction(cls, reconstruction, colors: torch.Tensor) -> GeometryResult:
+    def from_reconstruction(cls, reconstruction, colors: torch.Tensor,
+                            descriptors: Optional[torch.Tensor] = None) -> GeometryResult:
         """From a `g2vlm_ros.model` Reconstruction (mapping of tensors) and the resized inputs.
 
         The world frame becomes the first view's optical frame (see window_frame); without a
@@ -57,7 +62,7 @@ class GeometryResult:
         return cls(depth=reconstruction["depth"], local_points=reconstruction["local_points"],
                    world_points=world_points, camera_to_world=camera_to_world,
                    intrinsics=reconstruction["intrinsics"], colors=colors, confidence=confidence,
-                   confidence_source=source if confidence is not None else "none")
+                   confidence_source=source if confidence is not None else "none", descriptors=descriptors)
 
 
     @property
@@ -85,6 +90,18 @@ class GeometryResult:
             actual = tuple(getattr(self, name).shape)
             if actual != shape:
                 raise ValueError(f"GeometryResult.{name} has shape {actual}, expected {shape}")
+        if self.descriptors is not None:
+            self._validate_descriptors(n)
+
+    def _validate_descriptors(self, views: int) -> None:
+        shape = tuple(self.descriptors.shape)
+        if len(shape) != 2 or shape[0] != views or shape[1] < 1:
+            raise ValueError(f"GeometryResult.descriptors has shape {shape}, expected ({views}, D)")
+        if self.descriptors.dtype != torch.float32:
+            raise ValueError(f"GeometryResult.descriptors is {self.descriptors.dtype}, expected float32")
+        norms = torch.linalg.vector_norm(self.descriptors, dim=1)
+        if not bool(torch.all(torch.abs(norms - 1.0) <= 1e-3)):
+            raise ValueError("GeometryResult.descriptors must have unit L2 norm per view")
 
 
 class GeometryBackend(abc.ABC):

@@ -21,7 +21,7 @@ import torch
 
 from g2vlm_ros.backends.backend import BackendUnavailableError
 from g2vlm_ros.backends.network_backend import BucketCache, NetworkBackend
-from g2vlm_ros.deploy.export import Bucket, GeometryGraph
+from g2vlm_ros.deploy.export import Bucket, GeometryGraph, graph_output_names
 from g2vlm_ros.model import CheckpointError, load_checkpoint
 from g2vlm_ros.precision import AUTO_PRECISION
 
@@ -135,7 +135,9 @@ class TorchBackend(NetworkBackend):
         return details
 
     def _network(self, bucket: Bucket):
-        network = GeometryGraph(self.model, bucket, self.prefix_token_ids, self.special_token_ids).eval()
+        # with descriptors: GeometryResult.descriptors for loop closure, from tokens the encoder computes anyway
+        network = GeometryGraph(self.model, bucket, self.prefix_token_ids, self.special_token_ids,
+                                descriptors=True).eval()
         if self.compile:
             network = torch.compile(network)
         return network
@@ -156,8 +158,7 @@ class TorchBackend(NetworkBackend):
             self._networks.put(bucket, network)
         with torch.no_grad():
             outputs = network(batch)
-        names = ("local_points", "global_points", "rotation_raw", "translation", "conf")
-        return dict(zip(names, outputs, strict=False))
+        return dict(zip(graph_output_names(self.model, descriptors=True), outputs, strict=True))
 
     def release_caches(self) -> None:
         self._networks.clear()

@@ -36,6 +36,7 @@ from g2vlm_ros.precision import PRECISIONS
 
 INPUT_NAME = "images"
 RAW_OUTPUTS = ("local_points", "global_points", "rotation_raw", "translation")
+DESCRIPTOR_OUTPUT = "descriptor"  # [N, D] per-view global descriptor (loop closure); not exported to ONNX
 DEFAULT_OPSET = 18
 
 
@@ -62,7 +63,7 @@ class GeometryGraph(nn.Module):
     """The geometry path of `model` for one bucket, with every bucket constant precomputed."""
 
     def __init__(self, model: G2VLM, bucket: Bucket, prefix_token_ids: Optional[Sequence[int]] = None,
-                 special_token_ids: Optional[dict[str, int]] = None):
+                 special_token_ids: Optional[dict[str, int]] = None, descriptors: bool = False):
         super().__init__()
         bucket.validate()
         self.model, self.bucket = model.fuse_projections(), bucket
@@ -83,7 +84,7 @@ class GeometryGraph(nn.Module):
             for index, (keys, values) in enumerate(cache.layers):
                 self.register_buffer(f"prefix_keys_{index}", keys, persistent=False)
                 self.register_buffer(f"prefix_values_{index}", values, persistent=False)
-        self.output_names = RAW_OUTPUTS + (("conf",) if model.config.has_confidence_head else ())
+        self.output_names = graph_output_names(model, descriptors)
 
     def prefix(self) -> KVCache:
         layers = range(len(self.model.language_model.model.layers))
@@ -92,12 +93,30 @@ class GeometryGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model, bucket = self.model, self.bucket
         pixels = normalize_for_dino(images, (self.pixel_mean, self.pixel_std)).to(model.dtype)
-        patches = model.dino2llm(model.dino_model(pixels, self.dino_positions))
+        dino_tokens = model.dino_model(pixels, self.dino_positions)
+        patches = model.dino2llm(dino_tokens)
         block = ImageBlockInputs(self.markers, self.und_cos, self.und_sin, self.geo_cos, self.geo_sin,
                                  self.next_position)
         tokens, _ = model.run_image_block(patches, block, self.prefix())
         raw = model.decode_geometry_raw(tokens, bucket.height, bucket.width)
+        if DESCRIPTOR_OUTPUT in self.output_names:
+            raw[DESCRIPTOR_OUTPUT] = pooled_descriptors(dino_tokens)
         return tuple(raw[name].float() for name in self.output_names)
+
+
+def graph_output_names(model: G2VLM, descriptors: bool = False) -> tuple[str, ...]:
+    """The geometry graph's outputs in order: the heads' raw outputs, `conf` for checkpoints with a confidence
+    head, and `descriptor` when asked for (the torch backend; exported graphs leave it out)."""
+    return (RAW_OUTPUTS + (("conf",) if model.config.has_confidence_head else ())
+            + ((DESCRIPTOR_OUTPUT,) if descriptors else ()))
+
+
+def pooled_descriptors(dino_tokens: torch.Tensor) -> torch.Tensor:
+    """DINO patch tokens [N, P, C] -> one global descriptor per view [N, C] float32 with unit L2 norm: the mean
+    of the patch tokens, a place descriptor the encoder computes anyway (no extra network). Pooled in fp32 so
+    that bf16 runs give the same ranking. Note: the official DINO attention segments straddle view boundaries
+    (model/dino.py), so a view's descriptor varies slightly with the other views of its window."""
+    return torch.nn.functional.normalize(dino_tokens.float().mean(dim=1), dim=-1)
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -116,8 +116,8 @@ def umeyama(source: np.ndarray, target: np.ndarray, weights: np.ndarray, fix_sca
 
 
 def align_points(source: np.ndarray, target: np.ndarray, confidence: Optional[np.ndarray] = None, *,
-                 fix_scale: bool = False, initial: Optional[Sim3] = None, max_iterations: int = 12,
-                 tolerance: float = 1e-10, sigma_floor: float = 1e-9) -> Alignment:
+                 fix_scale: bool = False, initial: Optional[Sim3] = None, max_iterations: int = 8,
+                 tolerance: float = 1e-7, sigma_floor: float = 1e-9) -> Alignment:
     """Robust, confidence-weighted similarity target ~ s R source + t over N correspondences [N,3].
 
     IRLS: weights = confidence * Cauchy(residual / (c * sigma)), sigma = 1.4826 * median residual (a

@@ -30,7 +30,10 @@ import numpy as np
 from g2vlm_ros.mapping import chaining
 from g2vlm_ros.mapping.alignment import Sim3
 from g2vlm_ros.mapping.chaining import Anchor
+from g2vlm_ros.mapping.loop_closure import LoopSettings, LoopVerification
 from g2vlm_ros.mapping.map_cloud import MapCloud
+from g2vlm_ros.mapping.map_loops import LoopRequest, MapLoops
+from g2vlm_ros.mapping.occupancy import OccupancyGrid, occupancy_grid
 from g2vlm_ros.mapping.pose_graph import KeyframePoseGraph
 
 KeyframeKey = tuple[str, int]  # (camera name, stamp_ns): the same keyframe in several windows has the same key
@@ -59,10 +62,12 @@ class MapSettings:
     edge_rotation_sigma_deg: float = 1.0  # window edge noise: rotation
     edge_translation_sigma: float = 0.02  # window edge noise: translation, as a fraction of the window's median depth
     bridge_sigma_factor: float = 50.0  # a new segment's link to the previous one: this many times looser
+    loop_sigma_factor: float = 2.0  # loop edges: this many times looser than window edges (a wider 2-view baseline)
+    loop_settings: LoopSettings = LoopSettings()  # candidate search and verification thresholds (loop_closure.py)
 
     def validate(self) -> None:
         positive = ("max_points", "min_shared_points", "max_alignment_points", "alignment_memory_windows",
-                    "edge_rotation_sigma_deg", "edge_translation_sigma", "bridge_sigma_factor")
+                    "edge_rotation_sigma_deg", "edge_translation_sigma", "bridge_sigma_factor", "loop_sigma_factor")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not np.isfinite(value) or value <= 0:
@@ -84,7 +89,7 @@ class Placement:
     scale_ratio: float  # map units per window unit from the dense points (1.0 expected when metric)
     scale_spread: float  # relative spread of the per-keyframe scale estimates (robust); NaN when not measured
     residual: float  # robust RMS of the shared points after alignment, map units; NaN when not measured
-    loop_closures: int  # loop edges accepted with this window
+    loop_closures: int  # loop edges accepted since the previous window (verify_loop runs after add_window)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class MapStats:
     segments: int  # 1 + reinitializations
     edges: int
     loop_closures: int
+    loop_requests: int  # candidates handed out by loop_request
+    loop_rejections: int  # candidates that verification rejected
     cloud_points: int  # points stored for the map cloud (<= MapSettings.max_points)
     evicted_keyframes: int  # keyframes whose points left the cloud under the memory bound
     last_status: str
@@ -123,12 +130,16 @@ class WorldMap:
         self._lock = threading.RLock()
         self._graph = KeyframePoseGraph()
         self._cloud = MapCloud(settings.voxel_size, settings.max_points)
+        self._loops = MapLoops(settings.loop_settings) if settings.loop_closure else None
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
             self._graph.reset()
             self._cloud.clear()
+            if self._loops is not None:
+                self._loops.reset()
+            self._loops_since_window = 0
             self._keyframes: dict[KeyframeKey, _Keyframe] = {}
             self._by_node: dict[int, _Keyframe] = {}
             self._previous_views: dict[KeyframeKey, Anchor] = {}  # the last window's non-keyframe views
@@ -184,7 +195,14 @@ class WorldMap:
         self._graph.optimize()
         poses = self._place(views, nodes, window_to_map)
         self._remember(views, nodes, poses, scale)
-        return Placement(window_to_map, poses, status, shared, scale_ratio, spread, residual, 0)
+        if self._loops is not None:
+            self._loops.after_window(
+                [(views[index].key, views[index].descriptor, views[index].points.astype(np.float64) * scale,
+                  views[index].confidence, poses[index]) for index, node in nodes.items() if node in new_nodes],
+                {views[index].key: poses[index] for index, node in nodes.items() if node not in new_nodes},
+                self._last_pose[:3, 3])
+        loops, self._loops_since_window = self._loops_since_window, 0
+        return Placement(window_to_map, poses, status, shared, scale_ratio, spread, residual, loops)
 
     def _anchors(self) -> dict[KeyframeKey, Anchor]:
         anchors = dict(self._previous_views)
@@ -306,25 +324,65 @@ class WorldMap:
                 self._cloud_cache = (self._windows, self._cloud.build(self._graph.poses()))
             return self._cloud_cache[1]
 
+    def occupancy(self, up: np.ndarray, band: tuple[float, float] = (0.1, 1.5), resolution: float = 0.05,
+                  floor_height: Optional[float] = None) -> OccupancyGrid:
+        """The 2-D occupancy grid of the map cloud (policy in occupancy.py), rays cast from every keyframe camera;
+        band and resolution in map units."""
+        points, _ = self.cloud()
+        viewpoints = np.array([pose[:3, 3] for _, pose in self.keyframe_trajectory()]).reshape(-1, 3)
+        return occupancy_grid(points, up, floor_height, band, resolution, viewpoints=viewpoints)
+
     def stats(self) -> MapStats:
         with self._lock:
             changes = list(self._scale_changes)
             return MapStats(
                 windows=self._windows, keyframes=len(self._by_node), segments=self._segments,
                 edges=self._graph.edges(), loop_closures=self._loop_closures,
+                loop_requests=self._loops.requests if self._loops else 0,
+                loop_rejections=self._loops.rejections if self._loops else 0,
                 cloud_points=self._cloud.stored_points, evicted_keyframes=self._cloud.evicted_keyframes,
                 last_status=self._last_status, scale_ratio=self._scale_ratio, scale_change=self._scale_change,
                 cumulative_scale_drift=self._cumulative_drift,
                 median_scale_change=float(np.median(changes)) if changes else 0.0, residual=self._residual,
                 mapping_ms=self._mapping_ms, mean_mapping_ms=self._total_ms / max(self._windows, 1))
 
-    def loop_request(self):
-        """A candidate keyframe to verify after add_window, or None (loop closure is not wired in yet)."""
-        return None
+    def loop_request(self) -> Optional[LoopRequest]:
+        """After add_window: the next older keyframe that may show the newest keyframe's place, or None. The
+        caller runs the model on [request.candidate's image, request.current's image] and calls verify_loop."""
+        with self._lock:
+            return self._loops.next_request() if self._loops is not None else None
 
-    def verify_loop(self, request, views: Sequence[ViewObservation]) -> bool:
-        """Whether the loop of `request` is accepted; without loop closure there is nothing to accept."""
-        return False
+    def verify_loop(self, request: LoopRequest, views: Sequence[ViewObservation]) -> bool:
+        """Geometric verification of a loop (loop_closure.verify_loop) on the model's output for the 2-view
+        window; when accepted, a robust loop edge joins the two keyframes and the graph is re-optimized."""
+        views = _checked_views(views)
+        with self._lock:
+            if self._loops is None:
+                return False
+            candidate, current = self._keyframes.get(request.candidate), self._keyframes.get(request.current)
+            if candidate is None or current is None:
+                raise ValueError(f"loop request {request} names a keyframe the map does not hold (reset since?)")
+            result = self._loops.verify(request, views, self._graph.pose(candidate.node),
+                                        self._graph.pose(current.node))
+            if not result.accepted:
+                return False
+            settings = self.settings
+            scene_depth = self._loops.detector_scene_depth(request.candidate)  # finite: verification needs pixels
+            self._graph.add_edge(candidate.node, current.node, result.relative_pose,
+                                 math.radians(settings.edge_rotation_sigma_deg) * settings.loop_sigma_factor,
+                                 settings.edge_translation_sigma * scene_depth * settings.loop_sigma_factor, "loop")
+            self._graph.optimize()
+            poses = self._graph.poses()
+            self._loops.update_positions({keyframe.key: poses[node] for node, keyframe in self._by_node.items()})
+            self._loop_closures += 1
+            self._loops_since_window += 1
+            self._cloud_cache = None
+            return True
+
+    def last_loop_verification(self) -> Optional[LoopVerification]:
+        """The newest verification's outcome and measurements (its `reason` says why a loop was rejected)."""
+        with self._lock:
+            return self._loops.last_verification if self._loops is not None else None
 
 
 def _oldest(views: list[ViewObservation]) -> ViewObservation:
