@@ -112,10 +112,11 @@ def test_save_services_write_the_map_and_the_trajectory(walk, ros_client, tmp_pa
     with open(trajectory.path) as lines:
         rows = [line.split() for line in lines if not line.startswith("#")]
     origin = first_keyframe(walk)
+    frames = {entry["stamp_ns"]: entry["frame"] for entry in walk["robot"].echoed() if "frame" in entry}  # up to now
     assert len(rows) >= 10 and all(len(row) == 8 for row in rows)
     for row in rows:  # "seconds.nanoseconds tx ty tz qx qy qz qw": the stamp to the nanosecond, a frame's
         seconds, nanoseconds = row[0].split(".")
-        frame = walk["frames"][int(seconds) * 1_000_000_000 + int(nanoseconds)]
+        frame = frames[int(seconds) * 1_000_000_000 + int(nanoseconds)]
         assert math.dist([float(v) for v in row[1:4]], (SPEED_M * (frame - origin), 0, 0)) < TOLERANCE_M
     saved = ros_client.call(SaveMap, "/g2vlm/save_map", SaveMap.Request(path=str(tmp_path / "room.pcd")))
     assert saved.success and (tmp_path / "room.pcd").read_bytes().startswith(b"# .PCD"), saved.message
