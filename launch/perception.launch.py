@@ -47,8 +47,9 @@ PARAMETER_OVERRIDES = {
     "device": "cuda | cuda:N | cpu",
     "precision": "torch backend: auto | fp32 | fp16 | bf16",
     "scale_source": "none | fixed | tf | depth_topic | rig",
-    "world_frame": "frame of /g2vlm/points and the camera poses",
-    "odom_frame": "odometry frame for scale_source tf; the world frame is then placed in it on TF",
+    "map_frame": "frame of the persistent map: points, poses, path, odometry and TF (default g2vlm_map)",
+    "world_frame": "deprecated alias of map_frame",
+    "odom_frame": "the robot's odometry frame (e.g. odom): scale_source tf, motion keyframes, map -> odom on TF",
     "autostart": "true: configure and activate the managed node at start; false: wait for lifecycle transitions",
     "use_sim_time": "true: the node (and RViz) take time from /clock, e.g. when a bag is replayed with --clock",
 }

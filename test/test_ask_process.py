@@ -92,7 +92,7 @@ def test_every_question_form_is_answered_within_two_percent(scene_node, ros_clie
         response = call(ros_client, question)
         assert response.success, f"{question}: {response.error}"
         assert response.value == pytest.approx(expected, rel=0.02), f"{question}: {response.answer}"
-        assert response.unit == "m" and response.frame_id == "g2vlm_world" and response.stamp.sec > 0
+        assert response.unit == "m" and response.frame_id == "g2vlm_map" and response.stamp.sec > 0
         assert response.points and response.reasoning and "fixed" in response.reasoning
     moved = call(ros_client, f"How far did {camera} move?")
     assert moved.success, moved.error

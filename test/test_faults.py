@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from nav_msgs.msg import Path as PathMsg
+from geometry_msgs.msg import PoseArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from test_backends import IDS
@@ -108,7 +108,8 @@ def test_a_backend_raising_mid_run_is_reported_and_the_other_windows_go_on(start
     cam = camera()
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     depth = ros_client.collect(Image, f"/g2vlm/{cam.name}/depth_relative", RELIABLE)
-    node = start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", extra_env=fault_env("every_third"))
+    node = start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", window_size=1,
+                      extra_env=fault_env("every_third"))
     wait_until(lambda: len(depth) >= 12, 20, f"{len(depth)} depth images: the windows between failures stopped")
     inference = wait_until(lambda: (entry := status(diagnostics, "g2vlm: inference")) and int(
         value(entry, "windows_failed") or 0) >= 3 and entry, 10, "failed windows not counted")
@@ -135,11 +136,11 @@ def test_a_backend_failing_every_window_turns_the_status_to_error(start_node, ro
 def test_out_of_memory_reduces_the_window_and_keeps_the_limit(start_node, ros_client, camera):
     cam = camera()
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    paths = ros_client.collect(PathMsg, "/g2vlm/path", RELIABLE)
+    windows = ros_client.collect(PoseArray, "/g2vlm/poses", RELIABLE)  # every view of each window
     node = start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", window_size=4,
                       extra_env=fault_env("oom_above_2"))
-    wait_until(lambda: len(paths) >= 5, 20, "no outputs after running out of memory")
-    assert all(len(path.poses) == 2 for path in paths)  # windows of the 2 newest keyframes, the most that fit
+    wait_until(lambda: len(windows) >= 5, 20, "no outputs after running out of memory")
+    assert all(len(window.poses) == 2 for window in windows)  # windows of the 2 newest keyframes, the most that fit
     inference = wait_until(lambda: (entry := status(diagnostics, "g2vlm: inference")) and value(
         entry, "keyframe_limit") == "2" and entry, 10, "the keyframe limit is not in diagnostics")
     assert inference.level == WARN and "limited to 2 keyframe(s)" in inference.message
@@ -150,12 +151,12 @@ def test_out_of_memory_reduces_the_window_and_keeps_the_limit(start_node, ros_cl
 def test_out_of_memory_with_skip_window_drops_windows_and_says_so(start_node, ros_client, camera):
     cam = camera()
     diagnostics = ros_client.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    paths = ros_client.collect(PathMsg, "/g2vlm/path", RELIABLE)
+    windows = ros_client.collect(PoseArray, "/g2vlm/poses", RELIABLE)
     node = start_node(backend=FAULTY, cameras=[cam.name], input_qos="reliable", window_size=4,
                       out_of_memory_policy="skip_window", extra_env=fault_env("oom_above_2"))
     wait_until(lambda: (entry := status(diagnostics, "g2vlm: inference")) and entry.level == ERROR
                and "OutOfMemoryError" in entry.message, 15, "skipped out-of-memory windows are not an error")
-    assert not paths and node.alive()
+    assert not windows and node.alive()
 
 
 # --- a subscriber that stops reading ----------------------------------------------------------------------------

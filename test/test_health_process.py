@@ -163,8 +163,8 @@ def test_node_frames_never_re_parent_robot_frames_and_clashes_are_refused(start_
         node.stop()
         recorder.kill()  # what it printed stays in the pipe (flushed per line); a rclpy process may ignore SIGTERM
         pairs = [json.loads(line) for line in recorder.communicate(timeout=10)[0].splitlines() if line.startswith("[")]
-        assert ["g2vlm_world", f"g2vlm/{cam.name}_optical"] in pairs
-        children = {child for parent, child in pairs if parent == "g2vlm_world"}
+        assert ["g2vlm_map", f"g2vlm/{cam.name}_optical"] in pairs
+        children = {child for parent, child in pairs if parent == "g2vlm_map"}
         assert children == {f"g2vlm/{cam.name}_optical"}, children  # never base_link, odom or the driver's frame
 
         clash = camera_name()

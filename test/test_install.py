@@ -113,4 +113,4 @@ def test_orin_preset_sets_only_known_parameters():
 
     values = yaml.safe_load((REPO / "config" / "g2vlm_orin.yaml").read_text())["/**"]["ros__parameters"]
     assert set(values) == {spec.name for spec in PARAMETERS} | {"camera"}, "unknown or missing parameters"
-    assert values["window_size"] == 1 and values["precision"] == "bf16" and values["cuda_graphs"] is True
+    assert values["window_size"] == 2 and values["precision"] == "bf16" and values["cuda_graphs"] is True

@@ -63,15 +63,18 @@ def rgb_image(colour, header, encoding="rgb8", width=WIDTH, height=HEIGHT) -> Im
     return msg
 
 
-def test_the_old_backend_name_test_pattern_starts_the_placeholder_with_one_rename_warning(start_node):
-    node = start_node(backend="test_pattern", cameras=["legacy"])
+def test_old_names_test_pattern_and_world_frame_still_work_with_one_warning_each(start_node):
+    node = start_node(backend="test_pattern", cameras=["legacy"], world_frame="legacy_world")
     log = node.log()
     assert log.count("renamed to placeholder") == 1, log
     assert "backend ready: placeholder" in log and "TEST PLACEHOLDER" in log
+    assert log.count("'world_frame' is deprecated: use 'map_frame' (now 'legacy_world')") == 1, log
+    assert "map frame 'legacy_world'" in log
 
 
 def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_node, ros_client, camera):
-    node = start_node(backend="placeholder", cameras=[camera], cloud_stride=4)
+    # one view per window: the placeholder's pattern is per view, not a scene that windows could share
+    node = start_node(backend="placeholder", cameras=[camera], cloud_stride=4, window_size=1)
     depth = ros_client.collect(Image, f"/g2vlm/{camera}/depth_relative")
     info = ros_client.collect(CameraInfo, f"/g2vlm/{camera}/camera_info")
     pose = ros_client.collect(PoseStamped, f"/g2vlm/{camera}/pose")
@@ -105,12 +108,12 @@ def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_
     assert k[0, 0] == pytest.approx(0.5 * WIDTH / math.tan(math.radians(30)), rel=1e-6)
     assert k[0, 2] == pytest.approx((WIDTH - 1) / 2, abs=1e-6)
 
-    assert pose[0].header.frame_id == "g2vlm_world"
+    assert pose[0].header.frame_id == "g2vlm_map"
     assert (pose[0].header.stamp.sec, pose[0].header.stamp.nanosec) in sent
     assert pose[0].pose.orientation.w == pytest.approx(1.0)
 
     cloud = points[0]
-    assert cloud.header.frame_id == "g2vlm_world" and cloud.is_dense is False
+    assert cloud.header.frame_id == "g2vlm_map" and cloud.is_dense is False
     assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "confidence"]
     data = unpack_point_cloud(cloud)
     assert len(data) == (WIDTH // 4 // 4) * (HEIGHT // 4 // 4)  # backend downsample 4, cloud stride 4
@@ -122,11 +125,11 @@ def test_outputs_carry_source_header_encoding_frames_and_predicted_values(start_
     # the placeholder predicts confidence (= luminance): 32FC1 in [0, 1] with the source header
     assert confidence[0].encoding == "32FC1" and confidence[0].header.frame_id == f"{camera}_optical"
     np.testing.assert_allclose(image_to_numpy_float(confidence[0]), expected_depth((200, 100, 50)) - 1, rtol=1e-5)
-    # window outputs: world frame, the newest source stamp, one pose per view
+    # window outputs: map frame (the first window is its origin), the newest source stamp, one pose per view
     for message in (pose_array[0], path[0]):
-        assert message.header.frame_id == "g2vlm_world" and stamp_of(message) in sent
+        assert message.header.frame_id == "g2vlm_map" and stamp_of(message) in sent
     assert len(pose_array[0].poses) == 1 and len(path[0].poses) == 1
-    assert path[0].poses[0].header.frame_id == "g2vlm_world" and stamp_of(path[0].poses[0]) in sent
+    assert path[0].poses[0].header.frame_id == "g2vlm_map" and stamp_of(path[0].poses[0]) in sent
     assert not scale[0].valid and scale[0].source == "none" and math.isnan(scale[0].metres_per_unit)
 
 
@@ -174,7 +177,7 @@ def test_fixed_scale_publishes_metres_on_depth_and_nothing_relative(start_node, 
 
 def test_two_cameras_form_one_window(start_node, ros_client):
     left, right = f"l{uuid.uuid4().hex[:6]}", f"r{uuid.uuid4().hex[:6]}"
-    start_node(backend="placeholder", cameras=[left, right])
+    start_node(backend="placeholder", cameras=[left, right], window_size=1)  # one set: view 1 is the right camera
     poses = {name: ros_client.collect(PoseStamped, f"/g2vlm/{name}/pose") for name in (left, right)}
     points = ros_client.collect(PointCloud2, "/g2vlm/points")
     pubs = {name: ros_client.node.create_publisher(Image, f"/{name}/image_raw", qos_profile_sensor_data)
@@ -186,9 +189,10 @@ def test_two_cameras_form_one_window(start_node, ros_client):
 
     wait_until(lambda: poses[left] and poses[right] and points, 20, "no window from two cameras",
                action=publish_both)
-    # camera order in the window is the parameter order: the second view sits 0.1 units along x
-    assert poses[left][-1].pose.position.x == pytest.approx(0.0)
-    assert poses[right][-1].pose.position.x == pytest.approx(0.1)
+    # camera order in the window is the parameter order: the second view sits 0.1 units along x (first window: the
+    # map's origin; later ones share no keyframe with it and continue from the previous window's newest view)
+    assert poses[left][0].pose.position.x == pytest.approx(0.0)
+    assert poses[right][0].pose.position.x == pytest.approx(0.1)
     depths = unpack_point_cloud(points[-1])["z"]
     assert np.isclose(depths, 1.0).any() and np.isclose(depths, 2.0).any(), "cloud must hold both views"
 
@@ -217,7 +221,7 @@ def test_ask_service_validates_requests_and_never_invents_answers(start_node, ro
     assert not response.success and "timeout_s" in response.error
     response = ros_client.call(Ask, ask, Ask.Request(question="How far is the wall?", cameras=[camera]))
     assert not response.success and "answers questions of these forms" in response.error
-    assert math.isnan(response.value) and response.frame_id == "g2vlm_world" and response.stamp.sec > 0
+    assert math.isnan(response.value) and response.frame_id == "g2vlm_map" and response.stamp.sec > 0
     # a grounded form is answered from the same window: the placeholder's depth is 1 + luminance
     response = ros_client.call(Ask, ask, Ask.Request(question="depth at (320, 240)?", cameras=[camera]))
     assert response.success and response.unit == "relative"
@@ -243,10 +247,10 @@ def test_without_a_model_the_node_stays_up_and_says_why(start_node, ros_client, 
     ({"cameras": ["bad-name"]}, "camera name 'bad-name' must match"),
     ({"scale_source": "guess"}, "parameter 'scale_source' = 'guess'"),
     ({"scale_source": "tf", "window_size": 3}, "scale_source 'tf' needs parameter 'odom_frame'"),
-    ({"scale_source": "tf", "odom_frame": "odom"}, "set window_size >= 2 or use two cameras"),
+    ({"scale_source": "tf", "odom_frame": "odom", "window_size": 1}, "set window_size >= 2 or use two cameras"),
     ({"scale_source": "rig"}, "scale_source 'rig' needs at least two cameras"),
     ({"scale_source": "depth_topic"}, "needs parameter 'scale_depth_topic'"),
-    ({"odom_frame": "g2vlm_world"}, "give world_frame its own name"),
+    ({"odom_frame": "g2vlm_map"}, "give map_frame its own name"),
     ({"keyframe_min_motion_m": 0.1}, "need parameter 'odom_frame'"),
 ])
 def test_invalid_configuration_is_refused_with_a_clear_reason(parameters, message):

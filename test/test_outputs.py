@@ -106,15 +106,15 @@ def test_output_publishers_send_only_while_active(lifecycle_node):
     rclpy.publisher.Publisher.publish = record
     try:
         outputs = window_outputs(frames(), result(4), OutputPolicy(None), "a")
-        publisher.publish(outputs, FrameSettings("g2vlm_world"))
+        publisher.publish(outputs, FrameSettings("g2vlm_map"))
         assert sent == [], "published before activation"
         publisher.set_active(True)
-        publisher.publish(outputs, FrameSettings("g2vlm_world"))
+        publisher.publish(outputs, FrameSettings("g2vlm_map"))
         assert {"/g2vlm_outputs_test/points", "/g2vlm_outputs_test/a/depth_relative",
                 "/g2vlm_outputs_test/b/confidence"} <= set(sent)
         publisher.set_active(False)
         count = len(sent)
-        publisher.publish(outputs, FrameSettings("g2vlm_world"))
+        publisher.publish(outputs, FrameSettings("g2vlm_map"))
         for p in publisher._publishers():  # structural: not only the publish path checks, each publisher does
             p.publish(Image() if p.msg_type is Image else p.msg_type())
         assert len(sent) == count, "published after deactivation"

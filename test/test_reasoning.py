@@ -164,7 +164,8 @@ def ask_handler(answerer, max_concurrent: int):
     from g2vlm_ros.ros.params import PARAMETERS, CameraConfig, NodeConfig
 
     frame = SimpleNamespace(stamp_ns=5_000_000_007, camera="front")
-    snapshot = SimpleNamespace(window=SimpleNamespace(frames=[frame]))
+    placed = SimpleNamespace(window_to_map=SimpleNamespace(apply_points=lambda points: points))  # the map's origin
+    snapshot = SimpleNamespace(window=SimpleNamespace(frames=[frame]), placement=placed)
     config = NodeConfig.from_values([CameraConfig("front", "front/image_raw", "", "raw", "")],
                                     {spec.name: spec.default for spec in PARAMETERS})
     config.max_question_bytes, config.ask_timeout_s = 100, 5.0
@@ -208,6 +209,6 @@ def test_ask_handler_enforces_timeout_and_concurrency():
     answered = [r for r in results if r.success]
     busy = [r for r in results if not r.success]
     assert len(answered) == 2 and len(busy) == 4 and all("busy: 2 questions" in r.error for r in busy)
-    assert answerer.peak <= 2 and answered[0].frame_id == "g2vlm_world" and answered[0].value == 1.0
+    assert answerer.peak <= 2 and answered[0].frame_id == "g2vlm_map" and answered[0].value == 1.0
     assert (answered[0].stamp.sec, answered[0].stamp.nanosec) == (5, 7)  # the newest frame's capture time
     handler.shutdown()

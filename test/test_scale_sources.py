@@ -12,7 +12,6 @@ import uuid
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseArray
-from nav_msgs.msg import Path
 from sensor_msgs.msg import Image, PointCloud2
 
 from conftest import wait_until
@@ -38,7 +37,7 @@ def valid_scales(messages: list[MetricScale]) -> list[MetricScale]:
     return [msg for msg in messages if msg.valid]
 
 
-def test_tf_scale_recovers_the_true_scale_and_places_the_world_in_odom(start_node, start_robot, ros_client,
+def test_tf_scale_recovers_the_true_scale_and_places_the_map_above_odom(start_node, start_robot, ros_client,
                                                                        tf2_msgs_env):
     cameras = names(1)
     speed = 0.04  # metres per frame at 10 Hz
@@ -46,24 +45,24 @@ def test_tf_scale_recovers_the_true_scale_and_places_the_world_in_odom(start_nod
                keyframe_min_motion_m=0.07, extra_env=scene_env(tf2_msgs_env, speed_m=speed))
     scale = ros_client.collect(MetricScale, "/g2vlm/scale")
     depth = ros_client.collect(Image, f"/g2vlm/{cameras[0]}/depth")
-    path = ros_client.collect(Path, "/g2vlm/path")
-    robot = start_robot(cameras=cameras, rate_hz=10.0, speed_m=speed)
-    wait_until(lambda: len(valid_scales(scale)) >= 3 and depth and path, 30, "no metric scale from TF")
+    poses = ros_client.collect(PoseArray, "/g2vlm/poses")
+    robot = start_robot(cameras=cameras, rate_hz=10.0, speed_m=speed, echo_parent="g2vlm_map")
+    wait_until(lambda: len(valid_scales(scale)) >= 3 and depth and poses, 30, "no metric scale from TF")
 
     fit = valid_scales(scale)[-1]
     assert fit.source == "tf" and fit.metres_per_unit == pytest.approx(TRUE_SCALE, rel=0.02)
     assert fit.residual_m < 0.01 and fit.samples == 4 and fit.age_s == 0.0
-    assert fit.header.frame_id == "g2vlm_world"
+    assert fit.header.frame_id == "g2vlm_map"
     np.testing.assert_allclose(image_to_numpy_float(depth[-1]), PLANE_DEPTH_M, rtol=0.02)
-    # three keyframes >= 0.07 m (2 frames) apart by TF, then the present frame: the path spans >= 5 frames
-    poses = path[-1].poses
-    assert len(poses) == 4 and poses[-1].pose.position.x - poses[0].pose.position.x >= 5 * speed * 0.98
-    # odom -> world: the world origin is the window's first camera position, expressed in odom
-    wait_until(lambda: any(e["child"] == "g2vlm_world" for e in robot.echoed()), 10, "no odom -> g2vlm_world on /tf")
-    placed = [e for e in robot.echoed() if e["child"] == "g2vlm_world"][-1]
-    assert placed["parent"] == "odom" and placed["rotation_xyzw"][3] == pytest.approx(1.0)
+    # three keyframes >= 0.07 m (2 frames) apart by TF, then the present frame: the window spans >= 5 frames
+    window = poses[-1].poses
+    assert len(window) == 4 and window[-1].position.x - window[0].position.x >= 5 * speed * 0.98
+    # map -> odom (REP 105): the map's origin is the first window's first camera position, expressed in odom
+    wait_until(lambda: any(e["child"] == "odom" for e in robot.echoed()), 10, "no g2vlm_map -> odom on /tf")
+    placed = [e for e in robot.echoed() if e["child"] == "odom"][-1]
+    assert placed["parent"] == "g2vlm_map" and placed["rotation_xyzw"][3] == pytest.approx(1.0)
     assert placed["translation"][1] == pytest.approx(0.0, abs=1e-3)  # y: camera 0 has no lateral offset
-    frames_travelled = placed["translation"][0] / speed
+    frames_travelled = -placed["translation"][0] / speed
     assert abs(frames_travelled - round(frames_travelled)) < 0.03, "the origin must sit on a camera position"
 
 
@@ -86,7 +85,9 @@ def test_tf_scale_without_motion_publishes_only_relative_outputs(start_node, sta
 
 def test_rig_scale_works_without_motion(start_node, start_robot, ros_client, tf2_msgs_env):
     cameras = names(2)
-    start_node(backend=SCENE_BACKEND, cameras=cameras, scale_source="rig", extra_env=scene_env(tf2_msgs_env))
+    # one set per window: the second view is the second camera
+    start_node(backend=SCENE_BACKEND, cameras=cameras, scale_source="rig", window_size=1,
+               extra_env=scene_env(tf2_msgs_env))
     scale = ros_client.collect(MetricScale, "/g2vlm/scale")
     points = ros_client.collect(PointCloud2, "/g2vlm/points")
     poses = ros_client.collect(PoseArray, "/g2vlm/poses")

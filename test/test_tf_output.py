@@ -35,7 +35,7 @@ rclpy.spin(node)
 
 def test_transforms_reach_tf_with_world_parent_camera_child_and_source_stamp(start_node, ros_client, tf2_msgs_env):
     camera = f"tf{uuid.uuid4().hex[:6]}"
-    node = start_node(backend="placeholder", cameras=[camera, f"{camera}b"], extra_env=tf2_msgs_env)
+    node = start_node(backend="placeholder", cameras=[camera, f"{camera}b"], window_size=1, extra_env=tf2_msgs_env)
     assert "TF output" not in node.log(), "the node should have found tf2_msgs"
     listener = subprocess.Popen([sys.executable, "-c", LISTENER, f"g2vlm/{camera}b_optical"],
                                 env={**os.environ, **tf2_msgs_env}, stdout=subprocess.PIPE,
@@ -53,6 +53,6 @@ def test_transforms_reach_tf_with_world_parent_camera_child_and_source_stamp(sta
         transform = json.loads(listener.stdout.readline())
     finally:
         listener.kill()
-    assert transform["parent"] == "g2vlm_world" and transform["child"] == f"g2vlm/{camera}b_optical"
+    assert transform["parent"] == "g2vlm_map" and transform["child"] == f"g2vlm/{camera}b_optical"
     assert transform["sec"] > 0
     assert transform["x"] == pytest.approx(0.1) and transform["qw"] == pytest.approx(1.0)  # second view of the pattern

@@ -289,6 +289,21 @@ def test_min_interval_spaces_keyframes():
     assert windows[8] == [600, 800] and windows[9] == [600, 900] and windows[10] == [900, 1000]
 
 
+def test_windows_mark_whether_their_newest_set_is_a_keyframe():
+    assembler = WindowAssembler(["a", "b"], WindowPolicy(window_size=3, keyframe_min_interval_s=0.3))
+    marks = {}
+    for index in range(11):
+        for camera in ("a", "b"):
+            assembler.add(frame(camera, index * 100))
+        window = assembler.poll()
+        if window is not None:
+            marks[index * 100] = (window.newest_is_keyframe, [window.is_keyframe(i) for i in range(6)])
+    # keyframes at 0, 300, 600, 900: the window of 700 ends with a set that is not one; every other set is
+    assert marks[600] == (True, [True] * 6)
+    assert marks[700] == (False, [True, True, False, True, True, False])
+    assert marks[900][0] and not marks[1000][0]
+
+
 def test_motion_criterion_uses_the_callback():
     calls = []
 

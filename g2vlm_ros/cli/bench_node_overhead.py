@@ -69,7 +69,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     node = LifecycleNode("g2vlm_overhead_bench")
     rng = np.random.default_rng(1)
     policy = OutputPolicy(metres_per_unit=None, cloud_stride=args.cloud_stride, confidence_threshold=0.0)
-    settings = FrameSettings(world_frame="g2vlm_world")
+    settings = FrameSettings(map_frame="g2vlm_map")
     rows = []
     for cameras in args.cameras:
         names = [f"cam{i}" for i in range(cameras)]

@@ -2,13 +2,15 @@
 callback. ROS-free: the node translates messages into Frames and results into messages, and nothing else.
 
 Life cycle (driven by the node's lifecycle transitions):
-  load(backend)  a fresh window assembler, inference health, scale tracker and worker around a loaded backend
+  load(backend)  a fresh window assembler, inference health, scale tracker, map and worker around a loaded backend
   activate()     frames are taken and windows run
-  deactivate()   frames are ignored; keyframes are forgotten
+  deactivate()   frames are ignored; keyframes and the map are forgotten
   unload()       the worker stops, the backend is closed, the latest result dropped
 Threads: `add_frame` runs on the caller's thread (the executor's camera callbacks) and only assembles; the
 model runs on the worker thread with a single pending slot (the newest window wins, never a queue), so a slow
 model cannot delay message handling. `status()` and `latest_snapshot()` may be called from any thread.
+Every window with known units is placed in one persistent map (mapping_stage.MapStage): its outputs are then in
+the map frame, and in map units (metres iff the scale source is metric).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 from g2vlm_ros.geometry.scale import ScaleFit, ScaleUnavailable
 from g2vlm_ros.pipeline.frame import Frame
 from g2vlm_ros.pipeline.inference_health import InferenceHealth, release_cached_memory, run_window
+from g2vlm_ros.pipeline.mapping_stage import MapStage, MapStageSettings
 from g2vlm_ros.pipeline.postprocess import OutputPolicy, WindowOutputs, window_outputs
 from g2vlm_ros.pipeline.rate_limiter import RateLimiter
 from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate, ScaleTracker
@@ -32,6 +35,7 @@ from g2vlm_ros.pipeline.worker import LatestOnlyWorker
 
 if TYPE_CHECKING:
     from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult
+    from g2vlm_ros.mapping.world_map import Placement
 
 ERROR_LOG_PERIOD_S = 2.0  # failing windows are logged at most this often (each is counted)
 
@@ -50,6 +54,7 @@ class PipelineSettings:
     cloud_stride: int = 1
     confidence_threshold: float = 0.0
     voxel_size: float = 0.0
+    mapping: MapStageSettings = MapStageSettings()  # read at load
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Snapshot:
     window: Window[Frame]
     result: GeometryResult
     scale: ScaleEstimate
+    placement: Optional[Placement] = None  # the window (scaled as `scale` says) in the map; None: not mapped
 
 
 class ScaleMeasurement(Protocol):
@@ -96,6 +102,8 @@ class PerceptionPipeline:
         self._assembler: Optional[WindowAssembler[Frame]] = None
         self._worker: Optional[LatestOnlyWorker[Window[Frame]]] = None
         self._scale_measurement: Optional[ScaleMeasurement] = None
+        self._map: Optional[MapStage] = None
+        self._processed_keyframe_ns = -1  # first camera's frame of the newest keyframe set that went through the model
         self._health = InferenceHealth(settings.out_of_memory_policy)
         self._scale = self._new_scale_tracker()
         self._windows_rate_limited = 0
@@ -115,10 +123,14 @@ class PerceptionPipeline:
         """Starts inference state around `backend`: limits found after out-of-memory and scale fits start over.
         `motion(previous, candidate)`: the robot's motion between keyframe candidates (motion keyframes)."""
         settings = self._settings
-        self._assembler = WindowAssembler(list(settings.cameras), settings.window, motion=motion)
+        self._processed_keyframe_ns = -1
+        # a new keyframe waits for the previous one to be processed: consecutive windows share one, and chain
+        self._assembler = WindowAssembler(list(settings.cameras), settings.window, motion=motion,
+                                          keyframe_processed=self._keyframe_processed)
         self._health = InferenceHealth(settings.out_of_memory_policy)
         self._scale = self._new_scale_tracker()
         self._scale_measurement = scale_measurement
+        self._map = MapStage(settings.mapping, metric=settings.scale_source != "none", log_error=self._throttled_error)
         self._backend = backend
         self._worker = LatestOnlyWorker(self._infer, self._on_inference_error)
 
@@ -132,6 +144,9 @@ class PerceptionPipeline:
         with self._window_lock:
             if self._assembler is not None:
                 self._assembler.reset()
+            self._processed_keyframe_ns = -1
+        if self._map is not None:
+            self._map.reset()
 
     def unload(self, wait_s: float, exiting: bool = False) -> bool:
         """Stops inference and frees the model; safe in any state, twice. Waits up to `wait_s` for a window in
@@ -149,6 +164,7 @@ class PerceptionPipeline:
         with self._snapshot_lock:
             self._snapshot = None
         self._scale_measurement = None
+        self._map = None
         if not exiting:
             gc.collect()  # the model may sit in reference cycles; free it before emptying the cache
             release_cached_memory()  # so that other processes see the memory free
@@ -170,6 +186,11 @@ class PerceptionPipeline:
         settings = self._settings
         return ScaleTracker(settings.scale_source, settings.fixed_scale, settings.scale_max_age_s)
 
+    @property
+    def map(self) -> Optional[MapStage]:
+        """The persistent map while loaded (trajectory, cloud, status; safe from any thread)."""
+        return self._map
+
     # ---------------------------------------------------------------- frames in
     def add_frame(self, frame: Frame) -> None:
         """Assembles `frame`; a completed window goes to the worker (replacing one still waiting)."""
@@ -181,9 +202,12 @@ class PerceptionPipeline:
                 return
             if frame.clock_reset:
                 assembler.reset()
+                self._processed_keyframe_ns = -1
+                if self._map is not None:
+                    self._map.reset()
                 self._log.warning(
                     f"camera '{frame.camera}': stamps jumped back to {frame.stamp_ns / 1e9:.3f} s (a restarted "
-                    "clock: looping bag, driver restart, simulator reset); windows and keyframes start over")
+                    "clock: looping bag, driver restart, simulator reset); windows, keyframes and the map start over")
             sets_before = assembler.stats.sets_matched
             assembler.add(frame)
             window = assembler.poll()
@@ -210,15 +234,26 @@ class PerceptionPipeline:
         if not self._active:
             return  # deactivated while the model ran: publish nothing
         scale = self._measure_scale(window.frames, result)
-        snapshot = Snapshot(window, result, scale)
+        # a window withheld for lack of scale is not mapped: its unit is unknown
+        withhold = scale.metric_expected and not scale.valid
+        placement, world_map = None, self._map
+        if not withhold and world_map is not None:
+            placement = world_map.place(window, result, scale.metres_per_unit or 1.0, window.newest_stamp_ns)
+            withhold = placement is None  # the map failed on it (logged): its frame is not the map's
+        snapshot = Snapshot(window, result, scale, placement)
         with self._snapshot_lock:  # before the outputs: a client that saw them can ask about them at once
             self._snapshot = snapshot
         settings = self._settings
         policy = OutputPolicy(scale.metres_per_unit, settings.cloud_stride, settings.confidence_threshold,
-                              settings.voxel_size, withhold_geometry=scale.metric_expected and not scale.valid)
-        self._on_result(snapshot, window_outputs(window.frames, result, policy, settings.cameras[0]))
+                              settings.voxel_size, withhold_geometry=withhold)
+        self._on_result(snapshot, window_outputs(window.frames, result, policy, settings.cameras[0], placement))
         health.record_success()
         self.activity.window_completed()
+        first_camera_keyframes = [frame.stamp_ns for index, frame in enumerate(window.frames[:window.keyframes])
+                                  if window.is_keyframe(index)]
+        self._processed_keyframe_ns = max([self._processed_keyframe_ns, *first_camera_keyframes])
+        if world_map is not None and self._active:  # after the outputs: a loop check never delays them
+            world_map.check_loop(backend)
 
     def _measure_scale(self, frames: list[Frame], result: GeometryResult) -> ScaleEstimate:
         """The scale that applies to this window (see ScaleTracker for holding and expiry)."""
@@ -238,6 +273,15 @@ class PerceptionPipeline:
         self._log.warning(
             f"out of memory on a window of {len(window.frames)} views ({reason}); retrying with "
             f"{len(smaller.frames)} and keeping at most {smaller.keyframes} keyframe(s) per camera")
+
+    def _keyframe_processed(self, keyframe_set) -> bool:
+        return keyframe_set[0].stamp_ns <= self._processed_keyframe_ns
+
+    def _throttled_error(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_PERIOD_S:
+            self._last_error_log = now
+            self._log.error(message)
 
     def _on_inference_error(self, window: Window[Frame], error: BaseException) -> None:
         if self._shutting_down():
@@ -278,4 +322,5 @@ class PerceptionPipeline:
             seconds_since_last_window=activity.since(activity.last_window_at),
             seconds_since_last_set=activity.since(activity.last_set_at),
             scale=self._scale.latest,
+            map=None if self._map is None else self._map.status(),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from g2vlm_ros.pipeline.mapping_stage import MapStatus
 from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
 from g2vlm_ros.pipeline.windowing import WindowStats
 
@@ -52,3 +53,4 @@ class PipelineStatus:
     seconds_since_last_window: Optional[float]  # None while inactive (since activation until the first)
     seconds_since_last_set: Optional[float]
     scale: ScaleEstimate
+    map: Optional[MapStatus] = None  # None while not configured

@@ -62,6 +62,9 @@ F = TypeVar("F", bound=TimedFrame)
 Motion = Callable[[Sequence[TimedFrame], Sequence[TimedFrame]], Optional[tuple[float, float]]]
 """motion(previous_keyframe_set, candidate_set) -> (translation_m, rotation_deg) of the first camera, or None."""
 
+KeyframeProcessed = Callable[[Sequence[TimedFrame]], bool]
+"""keyframe_processed(keyframe_set) -> whether a window holding this keyframe set has been through the model."""
+
 
 @dataclass(frozen=True)
 class WindowPolicy:
@@ -94,6 +97,13 @@ class Window(Generic[F]):
     keyframes: int  # K
     newest_stamp_ns: int  # newest stamp in the window
     anchor_stamp_ns: int  # pivot stamp of the newest synchronized set
+    # False when the newest set is not a keyframe: it ends this window for the present, but the map places it
+    # without keeping it (every other set of a window is a keyframe)
+    newest_is_keyframe: bool = True
+
+    def is_keyframe(self, index: int) -> bool:
+        """Whether frames[index] belongs to a keyframe set (only the newest set may not)."""
+        return self.newest_is_keyframe or index % self.keyframes != self.keyframes - 1
 
     def frames_of(self, camera: str) -> list[F]:
         start = self.cameras.index(camera) * self.keyframes
@@ -133,7 +143,11 @@ class WindowAssembler(Generic[F]):
     Not thread-safe: the caller serializes add(), poll() and reset() (the node holds its own lock).
     """
 
-    def __init__(self, cameras: Sequence[str], policy: WindowPolicy, motion: Optional[Motion] = None):
+    def __init__(self, cameras: Sequence[str], policy: WindowPolicy, motion: Optional[Motion] = None,
+                 keyframe_processed: Optional[KeyframeProcessed] = None):
+        """`keyframe_processed`: when given, once windows are complete a new keyframe waits until the newest one
+        has been through the model. Consecutive processed windows then always share a keyframe, however many
+        windows a slow model drops in between, which is what chains them into one map."""
         if not cameras:
             raise ValueError("cameras must not be empty")
         if len(set(cameras)) != len(cameras):
@@ -141,6 +155,7 @@ class WindowAssembler(Generic[F]):
         self.cameras = list(cameras)
         self.stats = WindowStats()
         self._motion = motion
+        self._keyframe_processed = keyframe_processed
         self._camera_index = {camera: index for index, camera in enumerate(self.cameras)}
         self.policy = policy
         self.reset()
@@ -191,15 +206,16 @@ class WindowAssembler(Generic[F]):
         """The window of the newest synchronized set not used before, if complete; older new sets only feed the
         keyframe logic, in time order."""
         newest_window_sets: Optional[list[_SyncSet[F]]] = None
+        newest_is_keyframe = True
         while (sync_set := self._next_set()) is not None:
             self.stats.sets_matched += 1
-            newest_window_sets = self._window_sets(sync_set)
+            newest_window_sets, newest_is_keyframe = self._window_sets(sync_set)
         if newest_window_sets is None or len(newest_window_sets) < self.policy.window_size:
             return None
         frames = [sync_set.frames[camera] for camera in range(len(self.cameras)) for sync_set in newest_window_sets]
         return Window(frames=frames, cameras=list(self.cameras), keyframes=self.policy.window_size,
                       newest_stamp_ns=max(frame.stamp_ns for frame in frames),
-                      anchor_stamp_ns=newest_window_sets[-1].pivot_ns)
+                      anchor_stamp_ns=newest_window_sets[-1].pivot_ns, newest_is_keyframe=newest_is_keyframe)
 
     def _next_set(self) -> Optional[_SyncSet[F]]:
         """The oldest new set, consumed from the buffers; or None, after dropping frames that cannot match."""
@@ -240,8 +256,9 @@ class WindowAssembler(Generic[F]):
             self._last_used_ns[index] = member.stamp_ns
         self._last_pivot_ns = pivot_ns
 
-    def _window_sets(self, sync_set: _SyncSet[F]) -> list[_SyncSet[F]]:
-        """Updates the keyframes with `sync_set`; returns the sets of its window (maybe fewer than K).
+    def _window_sets(self, sync_set: _SyncSet[F]) -> tuple[list[_SyncSet[F]], bool]:
+        """Updates the keyframes with `sync_set`; returns the sets of its window (maybe fewer than K) and whether
+        `sync_set` became a keyframe.
 
         A set that is not a keyframe still ends its window after the last K-1 keyframes: outputs describe the present
         while the keyframes give the baseline.
@@ -250,15 +267,18 @@ class WindowAssembler(Generic[F]):
         if self._is_keyframe(sync_set):
             self._keyframe_sets.append(sync_set)
             self.stats.keyframes += 1
-            return list(self._keyframe_sets)
+            return list(self._keyframe_sets), True
         baseline = keyframe_sets[max(0, len(keyframe_sets) - (self.policy.window_size - 1)):]
-        return baseline + [sync_set]
+        return baseline + [sync_set], False
 
     def _is_keyframe(self, candidate: _SyncSet[F]) -> bool:
         if not self._keyframe_sets:
             return True
         last = self._keyframe_sets[-1]
         if candidate.pivot_ns - last.pivot_ns < self._min_interval_ns:
+            return False
+        if (self._keyframe_processed is not None and len(self._keyframe_sets) >= self.policy.window_size
+                and not self._keyframe_processed(last.frames)):
             return False
         policy = self.policy
         motion_enabled = policy.keyframe_min_motion_m > 0 or policy.keyframe_min_rotation_deg > 0

@@ -65,7 +65,7 @@ def internal_error_response(request, response: Ask.Response) -> Ask.Response:
 class AskHandler:
     def __init__(self, source: AskSource, config: NodeConfig, logger, answerer: Optional[SpatialAnswerer],
                  max_concurrent: int):
-        """`config`: the node's (world_frame, question limits, timeouts; read per question, so runtime changes
+        """`config`: the node's (map_frame, question limits, timeouts; read per question, so runtime changes
         apply); `logger`: where answerer bugs are reported (.error)."""
         self._source, self._config, self._logger = source, config, logger
         self.answerer = answerer
@@ -92,7 +92,8 @@ class AskHandler:
         snapshot = self._source.latest_snapshot()
         if snapshot is not None:
             response.stamp = time_from_ns(max(frame.stamp_ns for frame in snapshot.window.frames))
-            response.frame_id = config.world_frame
+            # points are placed in the map with their window; a window the map did not place has no frame on TF
+            response.frame_id = config.map_frame if snapshot.placement is not None else ""
         try:
             question = check_question(request.question, config.max_question_bytes)
             cameras = check_cameras(list(request.cameras), [camera.name for camera in config.cameras])
@@ -114,7 +115,10 @@ class AskHandler:
         response.success = True
         response.answer, response.reasoning = answer.answer, answer.reasoning
         response.value, response.unit = float(answer.value), answer.unit
-        response.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in np.asarray(answer.points)]
+        points = np.asarray(answer.points, np.float64).reshape(-1, 3)
+        if snapshot.placement is not None and len(points):
+            points = snapshot.placement.window_to_map.apply_points(points)
+        response.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in points]
         return response
 
     def _answer_within(self, question: str, cameras: list[str], snapshot, timeout_s: float,

@@ -1,4 +1,4 @@
-"""The perception node's /diagnostics content: model, inference, scale and one status per camera.
+"""The perception node's /diagnostics content: model, inference, scale, map and one status per camera.
 
 Kept apart from the node so that what an operator sees in rqt_runtime_monitor is readable in one place. It
 reads the pipeline's typed status and a NodeView of what only the ROS layer knows, never the node itself.
@@ -41,8 +41,8 @@ def node_statuses(node: NodeView, pipeline: PipelineStatus) -> list[StatusBuilde
     """Statuses of the node (read without locks: counters are monotonic ints)."""
     name, hardware_id = "g2vlm", node.hardware_id
     return [_model(node, pipeline, name, hardware_id), _inference(node, pipeline, name, hardware_id),
-            _scale(node, pipeline, name, hardware_id), _questions(node.questions, name, hardware_id)
-            ] + _cameras(node, name, hardware_id)
+            _scale(node, pipeline, name, hardware_id), _map(node, pipeline, name, hardware_id),
+            _questions(node.questions, name, hardware_id)] + _cameras(node, name, hardware_id)
 
 
 def _questions(questions: QuestionStats, name: str, hardware_id: str) -> StatusBuilder:
@@ -167,6 +167,33 @@ def _scale(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str
         status.set(WARN, estimate.status)
     else:
         status.set(status.level, f"{estimate.metres_per_unit:.4g} m per unit from {source}")
+    return status
+
+
+def _map(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str) -> StatusBuilder:
+    """Keyframes, loops, scale drift and how the last window was placed (initialized, chained, reinitialized)."""
+    status = StatusBuilder(f"{name}: map", hardware_id)
+    status.add("map_frame", node.config.map_frame)
+    world_map = pipeline.map
+    if world_map is None:
+        status.add("units", "n/a (not configured)")
+        return status
+    status.add("units", "metres" if world_map.metric else "map units (the first window's)")
+    status.add("windows_placed", world_map.windows_placed).add("windows_failed", world_map.windows_failed)
+    for key, value in world_map.stats.items():  # keyframes, edges, loop_closures, segments, scale drift, cost ...
+        status.add(key, value)
+    status.add("last_shared_keyframes", world_map.last_shared_keyframes)
+    status.add("last_scale_spread", world_map.last_scale_spread)
+    status.add("loop_checks", world_map.loop_checks).add("loop_checks_failed", world_map.loop_checks_failed)
+    status.add("loop_candidates_without_image", world_map.loop_candidates_without_image)
+    if world_map.last_error:
+        status.add("last_error", world_map.last_error)
+    if world_map.last_status == "reinitialized":
+        status.set(WARN, "the last window shared no keyframe with the map: a new segment started (its link to the "
+                         "previous one is a guess)")
+    elif world_map.last_status:
+        status.set(status.level, f"{world_map.stats.get('keyframes', 0)} keyframes, last window "
+                                 f"{world_map.last_status}")
     return status
 
 

@@ -6,14 +6,16 @@ Per camera (under the node's namespace, e.g. /g2vlm/<camera>/...), for its newes
   confidence      32FC1 in [0,1]: the confidence head's, or for checkpoints without one the
                   agreement of the two point heads (diagnostics: confidence_source)
   camera_info     the camera's own CameraInfo, or intrinsics estimated from the model's point map
-  pose            PoseStamped camera-to-world in world_frame
-world_frame is the window's first view's optical frame (geometry.window_frame).
-Per window: points (PointCloud2 of every view in world_frame), poses (PoseArray of every view),
-path (nav_msgs/Path of the first camera's frames in time order) and /tf: world_frame ->
-<frame_prefix><camera>_optical for each camera's newest frame, plus odom_frame -> world_frame with TF scale.
+  pose            PoseStamped camera-to-map in map_frame
+map_frame is the persistent map's frame (pipeline.mapping_stage); depth is in map units (metres when metric).
+Per window: points (PointCloud2 of every view in map_frame), poses (PoseArray of every view) and /tf:
+map_frame -> odom_frame when the robot's odometry is known (the SLAM convention, map_outputs.RobotPose), else
+map_frame -> <frame_prefix><camera>_optical for each camera's newest frame. The map itself (odometry, path,
+cloud, grid) goes out through map_outputs.MapPublisher.
 Per-camera messages carry the source image's stamp and optical frame; window messages the newest stamp.
-When a metric scale source has no scale for a window, only depth_relative and camera_info go out:
-points, poses and TF are withheld rather than published in unknown units.
+When a window has no known units (a metric scale source without a scale, or the map could not place it),
+only depth_relative and camera_info go out: points, poses and TF are withheld rather than published in
+unknown units.
 All publishers are lifecycle publishers, enabled only while the node is active: an inactive node publishes
 nothing, whatever a window in flight still delivers.
 """
@@ -25,7 +27,6 @@ from typing import Optional
 
 import numpy as np
 from geometry_msgs.msg import PoseArray, PoseStamped
-from nav_msgs.msg import Path
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -42,10 +43,10 @@ from g2vlm_ros.ros.tf_output import TfOutput, pose_from_matrix, transform_from_m
 class FrameSettings:
     """Where a window's outputs live in TF."""
 
-    world_frame: str
+    map_frame: str
     frame_prefix: str = "g2vlm/"
     odom_frame: str = ""
-    odom_from_world: Optional[np.ndarray] = None  # 4x4, with scale_source tf
+    map_from_odom: Optional[np.ndarray] = None  # 4x4: the robot's odometry is known, map -> odom replaces the cameras
 
 
 def optical_frame(camera: str, prefix: str) -> str:
@@ -94,11 +95,10 @@ class GeometryPublisher:
         self.cameras = {name: CameraPublishers(node, name, metric, qos) for name in cameras}
         self.points = node.create_lifecycle_publisher(PointCloud2, "~/points", qos)
         self.poses = node.create_lifecycle_publisher(PoseArray, "~/poses", qos)
-        self.path = node.create_lifecycle_publisher(Path, "~/path", qos)
         self.tf_output = tf_output
 
     def _publishers(self) -> list:
-        return [self.points, self.poses, self.path] + [p for camera in self.cameras.values() for p in camera.all()]
+        return [self.points, self.poses] + [p for camera in self.cameras.values() for p in camera.all()]
 
     def set_active(self, active: bool) -> None:
         with self._lock:
@@ -116,31 +116,26 @@ class GeometryPublisher:
     def publish(self, outputs: WindowOutputs, settings: FrameSettings) -> None:
         if not self._active:
             return  # TF is not a lifecycle publisher: an inactive node sends none either
-        frames = outputs.frames
         for camera in outputs.cameras:
             self._publish_camera(camera, outputs, settings)
         if outputs.withhold_geometry:
             return
         newest_stamp = time_from_ns(outputs.newest_stamp_ns)
-        world_header = Header(stamp=newest_stamp, frame_id=settings.world_frame)
-        poses = outputs.camera_to_world
-        transforms = [
-            transform_from_matrix(camera.camera_to_world,
-                                  Header(stamp=time_from_ns(camera.frame.stamp_ns), frame_id=settings.world_frame),
-                                  optical_frame(camera.frame.camera, settings.frame_prefix))
-            for camera in outputs.cameras
-        ]
-        if settings.odom_from_world is not None:
-            transforms.append(transform_from_matrix(
-                settings.odom_from_world, Header(stamp=newest_stamp, frame_id=settings.odom_frame),
-                settings.world_frame))
+        map_header = Header(stamp=newest_stamp, frame_id=settings.map_frame)
+        if settings.map_from_odom is not None:  # REP 105: the map node parents odom, the robot the rest
+            transforms = [transform_from_matrix(settings.map_from_odom, map_header, settings.odom_frame)]
+        else:
+            transforms = [
+                transform_from_matrix(camera.camera_to_world,
+                                      Header(stamp=time_from_ns(camera.frame.stamp_ns), frame_id=settings.map_frame),
+                                      optical_frame(camera.frame.camera, settings.frame_prefix))
+                for camera in outputs.cameras
+            ]
         self.tf_output.send(transforms)
-        self.poses.publish(PoseArray(header=world_header, poses=[pose_from_matrix(pose) for pose in poses]))
-        self.path.publish(Path(header=world_header, poses=[
-            PoseStamped(header=Header(stamp=time_from_ns(frames[i].stamp_ns), frame_id=settings.world_frame),
-                        pose=pose_from_matrix(poses[i])) for i in outputs.path]))
+        self.poses.publish(PoseArray(header=map_header,
+                                     poses=[pose_from_matrix(pose) for pose in outputs.camera_to_world]))
         cloud = outputs.cloud
-        self.points.publish(pack_point_cloud(cloud.points, cloud.colors, cloud.confidence, world_header))
+        self.points.publish(pack_point_cloud(cloud.points, cloud.colors, cloud.confidence, map_header))
 
     def _publish_camera(self, camera: CameraOutput, outputs: WindowOutputs, settings: FrameSettings) -> None:
         publishers = self.cameras[camera.frame.camera]
@@ -155,7 +150,7 @@ class GeometryPublisher:
                                        else pinhole_camera_info(header, camera.model_intrinsics, width, height))
         if not outputs.withhold_geometry:
             publishers.pose.publish(PoseStamped(
-                header=Header(stamp=header.stamp, frame_id=settings.world_frame),
+                header=Header(stamp=header.stamp, frame_id=settings.map_frame),
                 pose=pose_from_matrix(camera.camera_to_world)))
 
     def _confidence_publisher(self, publishers: CameraPublishers):

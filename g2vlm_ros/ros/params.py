@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
@@ -16,7 +16,9 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from g2vlm_ros.backends.registry import BACKEND_CHOICES, PLUGIN_PREFIX, RENAMED_BACKENDS
+from g2vlm_ros.mapping.world_map import MapSettings
 from g2vlm_ros.pipeline.inference_health import OUT_OF_MEMORY_POLICIES
+from g2vlm_ros.pipeline.mapping_stage import MapStageSettings
 from g2vlm_ros.pipeline.perception import PipelineSettings
 from g2vlm_ros.pipeline.windowing import WindowPolicy
 from g2vlm_ros.precision import PRECISION_CHOICES
@@ -76,14 +78,20 @@ PARAMETERS = (
     ParamSpec("input_qos", "sensor_data", "QoS of camera subscriptions: sensor_data (best effort, "
               "the REP 2003 camera profile) or reliable (e.g. for bag playback).", choices=INPUT_QOS_CHOICES),
     ParamSpec("output_qos", "reliable", "Reliability of the published outputs.", choices=OUTPUT_QOS_CHOICES),
-    ParamSpec("world_frame", "g2vlm_world", "Frame of the point cloud, poses and path: the optical "
-              "frame of the current window's first view. Its origin moves from window to window unless "
-              "scale_source is tf, which places it in odom_frame on TF."),
-    ParamSpec("odom_frame", "", "Odometry frame (e.g. odom) for scale_source tf: camera positions are looked "
-              "up in it and odom_frame -> world_frame is broadcast. Empty: not used."),
-    ParamSpec("publish_tf", True, "Broadcast world_frame -> <frame_prefix><camera>_optical for every camera on /tf."),
-    ParamSpec("window_size", 1, "Keyframes per camera in one inference window (the newest frame always "
-              "included).", int_range=(1, 16)),
+    ParamSpec("map_frame", "g2vlm_map", "Frame of the persistent map: points, poses, path, odometry, map and "
+              "TF. Its origin and axes are the first window's first camera view (optical axes); units are "
+              "metres with a scale source, else the first window's."),
+    ParamSpec("world_frame", "", "Deprecated alias of map_frame, accepted with a warning (map_frame wins when "
+              "both are set)."),
+    ParamSpec("odom_frame", "", "The robot's odometry frame (e.g. odom): camera positions for scale_source tf "
+              "and motion keyframes are looked up in it, and with base_frame the node broadcasts map_frame -> "
+              "odom_frame (REP 105). Empty: not used."),
+    ParamSpec("base_frame", "base_link", "The robot's base frame: with odom_frame and a metric map, ~/odom "
+              "gives its pose and map_frame -> odom_frame = map_T_base * inverse(odom_T_base) is broadcast."),
+    ParamSpec("publish_tf", True, "Broadcast map_frame -> odom_frame when the robot's odometry is known, else "
+              "map_frame -> <frame_prefix><camera>_optical for every camera, on /tf."),
+    ParamSpec("window_size", 4, "Keyframes per camera in one inference window (the newest frame always "
+              "included). Windows of 2 or more overlap, which chains them into one map.", int_range=(1, 16)),
     ParamSpec("sync_slop_s", 0.05, "Largest stamp difference between the frames of different cameras that "
               "are treated as taken at the same time.", float_range=(0.0, 10.0)),
     ParamSpec("keyframe_min_interval_s", 0.0, "A frame becomes a keyframe only this long after the previous "
@@ -153,6 +161,23 @@ PARAMETERS = (
     ParamSpec("inference_timeout_s", 15.0, "Diagnostics: while active, no window completing inference for this "
               "long is reported as stale (WARN). Allow for the model's latency on slow devices.", read_only=False,
               float_range=(0.1, 3600.0)),
+    ParamSpec("map_publish_period_s", 1.0, "~/map, ~/map_grid and ~/path (each the whole map) are published at "
+              "most this often.", read_only=False, float_range=(0.05, 3600.0)),
+    ParamSpec("map_voxel_size", 0.05, "Edge of the map cloud's voxels (map units: metres with a scale source).",
+              float_range=(1e-4, 100.0)),
+    ParamSpec("map_max_points", 300_000, "Memory bound of the map cloud in points; beyond it the oldest "
+              "keyframes' points are dropped.", int_range=(1000, 100_000_000)),
+    ParamSpec("map_stride", 8, "Every n-th pixel in each direction of each view goes to the map (window "
+              "alignment and the map cloud): keeps the map stage cheap.", int_range=(1, 64)),
+    ParamSpec("loop_closure", True, "Detect revisits by the model's global descriptors and verify each candidate "
+              "by running it with the current view as one window; accepted loops correct the keyframe graph."),
+    ParamSpec("loop_closure_images", 200, "Keyframe images kept for loop checks (memory: this many camera images); "
+              "beyond it they thin out evenly over the run.", int_range=(0, 1_000_000)),
+    ParamSpec("map_grid_resolution", 0.05, "Cell edge of ~/map_grid (map units).", float_range=(1e-3, 100.0)),
+    ParamSpec("map_grid_min_height", 0.1, "Lowest height above the floor whose map points occupy ~/map_grid cells "
+              "(map units).", float_range=(-100.0, 100.0)),
+    ParamSpec("map_grid_max_height", 1.5, "Highest height above the floor whose map points occupy ~/map_grid "
+              "cells (map units).", float_range=(-100.0, 100.0)),
     ParamSpec("frame_prefix", "g2vlm/", "Prefix of the node's own TF frames for the predicted camera poses "
               "(<frame_prefix><camera>_optical), so that they never take the name of a frame of the robot's TF "
               "tree; configure fails if one of them is already in the tree."),
@@ -191,8 +216,10 @@ class NodeConfig:
     autostart: bool
     input_qos: str
     output_qos: str
+    map_frame: str
     world_frame: str
     odom_frame: str
+    base_frame: str
     publish_tf: bool
     window_size: int
     sync_slop_s: float
@@ -224,6 +251,15 @@ class NodeConfig:
     diagnostics_period_s: float
     camera_timeout_s: float
     inference_timeout_s: float
+    map_publish_period_s: float
+    map_voxel_size: float
+    map_max_points: int
+    map_stride: int
+    loop_closure: bool
+    loop_closure_images: int
+    map_grid_resolution: float
+    map_grid_min_height: float
+    map_grid_max_height: float
     frame_prefix: str
 
     @classmethod
@@ -255,7 +291,10 @@ def pipeline_settings(config: NodeConfig) -> PipelineSettings:
         max_rate_hz=config.max_rate_hz, out_of_memory_policy=config.out_of_memory_policy,
         scale_source=config.scale_source, fixed_scale=config.fixed_scale, scale_max_age_s=config.scale_max_age_s,
         cloud_stride=config.cloud_stride, confidence_threshold=config.confidence_threshold,
-        voxel_size=config.voxel_size)
+        voxel_size=config.voxel_size, mapping=MapStageSettings(
+            stride=config.map_stride, loop_images=config.loop_closure_images,
+            map=replace(MapSettings(), voxel_size=config.map_voxel_size, max_points=config.map_max_points,
+                        loop_closure=config.loop_closure)))
 
 
 def _declare(node: Node, spec: ParamSpec) -> Any:
@@ -278,10 +317,23 @@ def declare_and_read(node: Node) -> NodeConfig:
         if not image_topic:
             raise ConfigError(f"parameter '{name}.image_topic' must not be empty")
         cameras.append(CameraConfig(name, image_topic, info_topic, transport, frame_id))
+    resolve_world_frame(values, node.get_logger().warning)
     check_combination(values, names)
     if values["scale_source"] == "depth_topic" and not values["scale_depth_camera"]:
         values["scale_depth_camera"] = names[0]
     return NodeConfig.from_values(cameras, values)
+
+
+def resolve_world_frame(values: dict[str, Any], warn: Callable[[str], None]) -> None:
+    """The deprecated world_frame names the map frame unless map_frame is set too."""
+    old, default = values["world_frame"], SPECS["map_frame"].default
+    if not old:
+        return
+    if values["map_frame"] == default:
+        values["map_frame"] = old
+        warn(f"parameter 'world_frame' is deprecated: use 'map_frame' (now '{old}')")
+    elif values["map_frame"] != old:
+        warn(f"parameter 'world_frame' is deprecated and ignored: map_frame is '{values['map_frame']}'")
 
 
 def check_combination(values: dict[str, Any], cameras: list[str]) -> None:
@@ -293,9 +345,11 @@ def check_combination(values: dict[str, Any], cameras: list[str]) -> None:
     if (values["keyframe_min_motion_m"] > 0 or values["keyframe_min_rotation_deg"] > 0) and not odom:
         raise ConfigError("keyframe_min_motion_m / keyframe_min_rotation_deg need parameter 'odom_frame': "
                           "camera motion is read from TF in it")
-    if odom and odom == values["world_frame"]:
-        raise ConfigError(f"odom_frame and world_frame are both '{odom}': the node would overwrite the "
-                          "odometry frame; give world_frame its own name")
+    if odom and odom == values["map_frame"]:
+        raise ConfigError(f"odom_frame and map_frame are both '{odom}': the node would overwrite the "
+                          "odometry frame; give map_frame its own name")
+    if values["map_grid_min_height"] >= values["map_grid_max_height"]:
+        raise ConfigError("map_grid_min_height must be below map_grid_max_height")
     if source == "tf" and values["window_size"] * len(cameras) < 2:
         raise ConfigError("scale_source 'tf' compares at least two camera positions per window: set "
                           "window_size >= 2 or use two cameras")

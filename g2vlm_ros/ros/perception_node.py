@@ -1,4 +1,5 @@
-"""The g2vlm perception node: camera images in; depth, point cloud, poses, TF, scale and answers out.
+"""The g2vlm perception node: camera images in; depth, point cloud, poses, odometry, a persistent map, TF, scale and
+answers out.
 
 A managed (lifecycle) node:
   configure   loads the model (backend), TF input and publishers; a failure leaves the node
@@ -42,6 +43,8 @@ from g2vlm_ros.ros.ask_handler import AskHandler, internal_error_response
 from g2vlm_ros.ros.camera_input import CameraInput
 from g2vlm_ros.ros.conversions import ImageConversionError
 from g2vlm_ros.ros.diagnostics import diagnostic_array
+from g2vlm_ros.ros.map_outputs import MapFrames, MapPublisher, RobotPose, map_up, robot_pose
+from g2vlm_ros.ros.map_services import create_map_services
 from g2vlm_ros.ros.node_diagnostics import NodeView, node_statuses
 from g2vlm_ros.ros.outputs import FrameSettings, GeometryPublisher, optical_frame
 from g2vlm_ros.ros.params import (
@@ -94,6 +97,8 @@ class PerceptionNode(LifecycleNode):
                                            shutting_down=lambda: not self.context.ok())
         # created by configure, released by cleanup
         self.geometry_publisher: Optional[GeometryPublisher] = None
+        self.map_publisher: Optional[MapPublisher] = None
+        self.last_robot_pose: Optional[RobotPose] = None  # the map's up comes from the robot's odometry when known
         self.scale_input: Optional[ScaleInput] = None
         self.scale_publisher = None
         self.tf_input: Optional[TfInput] = None
@@ -118,6 +123,10 @@ class PerceptionNode(LifecycleNode):
                             callback_group=ask_group)
         self.ask_action = AskActionServer(self, self.ask_handler.handle, callback_group=ask_group,
                                           queue_depth=ASK_QUEUE_DEPTH)
+        config = self.config
+        self.map_services = create_map_services(
+            self, lambda: self.pipeline.map, self.camera_names[0], lambda: config.map_frame, self._map_units, guard,
+            MutuallyExclusiveCallbackGroup())
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # steady clocks: with use_sim_time and no /clock, ROS-time timers would never fire
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -185,6 +194,9 @@ class PerceptionNode(LifecycleNode):
         with self.entity_gate.changing_entities():
             self.geometry_publisher = GeometryPublisher(self, self.camera_names, config.scale_source != "none",
                                                         self.output_qos, self.tf_output, self.entity_gate)
+            self.map_publisher = MapPublisher(self, self.output_qos, config.map_publish_period_s)
+            self.map_publisher.grid_settings = (config.map_grid_resolution,
+                                                (config.map_grid_min_height, config.map_grid_max_height))
             self.scale_input = ScaleInput(self, config, self.camera_names, self.tf_input, self.input_qos,
                                           callback_group=self._inputs_group)
             # lifecycle publishers: enabled only while active, so an inactive node publishes nothing
@@ -197,15 +209,24 @@ class PerceptionNode(LifecycleNode):
         if not self.tf_output.active or tf_input is None or not tf_input.available:
             return ""
         config = self.config
-        # the frames the node publishes as children; world_frame is one only when placed in odom_frame (scale tf)
-        ours = {optical_frame(camera, config.frame_prefix): config.world_frame for camera in self.camera_names}
-        ours.update({config.world_frame: config.odom_frame} if config.scale_source == "tf" else {})
-        tf_input.watch_parents(ours)  # diagnostics keep checking: a publisher may start after configure
+        # the frames the node publishes as children: its cameras' frames, and odom_frame with the robot's odometry
+        ours = {optical_frame(camera, config.frame_prefix): config.map_frame for camera in self.camera_names}
+        # odom_frame is in the robot's tree as a root: only another parent of it is someone else's map
+        tf_input.watch_parents({**ours, **({config.odom_frame: config.map_frame} if self._robot_odometry else {})})
         clashes = tf_input.existing_frames(list(ours), wait_s=TF_TREE_WAIT_S)
         if not clashes:
             return ""
         return (f"TF frame(s) {', '.join(repr(frame) for frame in clashes)} already exist in the TF tree and this "
-                "node would give them a second parent: set frame_prefix / world_frame to names no other node uses")
+                "node would give them a second parent: set frame_prefix / map_frame to names no other node uses")
+
+    @property
+    def _robot_odometry(self) -> bool:
+        """The robot's odometry places the map (map -> odom): a metric map, odom_frame and base_frame set."""
+        config = self.config
+        return config.scale_source != "none" and bool(config.odom_frame) and bool(config.base_frame)
+
+    def _map_units(self) -> str:
+        return "metres" if self.config.scale_source != "none" else "map units (the first window's unit; no scale)"
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock, self.entity_gate.changing_entities():
@@ -224,6 +245,7 @@ class PerceptionNode(LifecycleNode):
                                    lambda msg, c=camera_input: self._on_camera_info(c, msg)),
                         self.input_qos, callback_group=self._inputs_group))
             self.geometry_publisher.set_active(True)
+            self.map_publisher.set_active(True)
             self.scale_publisher.on_activate(state)
             self.pipeline.activate()
             self.state_label = "active"
@@ -235,6 +257,7 @@ class PerceptionNode(LifecycleNode):
             self.pipeline.deactivate()
             with self.entity_gate.changing_entities():
                 self.geometry_publisher.set_active(False)
+                self.map_publisher.set_active(False)
                 self.scale_publisher.on_deactivate(state)
             self._unsubscribe()
             self.state_label = "inactive"
@@ -279,10 +302,11 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(f"a window was still in the model {INFERENCE_STOP_TIMEOUT_S:g} s after "
                                       "inference was stopped: it is left to finish on its own")
         with self.entity_gate.changing_entities():
-            for owner in (self.geometry_publisher, self.scale_input):
+            for owner in (self.geometry_publisher, self.map_publisher, self.scale_input):
                 if owner is not None:
                     owner.destroy()
-            self.geometry_publisher = self.scale_input = None
+            self.geometry_publisher = self.map_publisher = self.scale_input = None
+            self.last_robot_pose = None
             if self.scale_publisher is not None:
                 self.destroy_lifecycle_publisher(self.scale_publisher)
                 self.scale_publisher = None
@@ -340,16 +364,29 @@ class PerceptionNode(LifecycleNode):
 
     # ---------------------------------------------------------------- results (pipeline's worker thread)
     def _publish_window(self, snapshot: Snapshot, outputs: WindowOutputs) -> None:
-        scale_input, publisher, scale_publisher = self.scale_input, self.geometry_publisher, self.scale_publisher
-        if scale_input is None or publisher is None or scale_publisher is None:
+        publisher, map_publisher, scale_publisher = self.geometry_publisher, self.map_publisher, self.scale_publisher
+        if publisher is None or map_publisher is None or scale_publisher is None:
             return  # released while the model ran
         config, frames, scale = self.config, snapshot.window.frames, snapshot.scale
-        odom_from_world = None
-        if scale.valid and config.scale_source == "tf":
-            odom_from_world = scale_input.odom_from_world(frames, snapshot.result, scale.metres_per_unit)
-        publisher.publish(outputs, FrameSettings(config.world_frame, config.frame_prefix, config.odom_frame,
-                                                 odom_from_world))
-        scale_publisher.publish(scale_message(frames, scale, config.world_frame))
+        first_camera = self.camera_names[0]
+        robot = None
+        if outputs.placement is not None and self._robot_odometry:
+            camera = next(c for c in outputs.cameras if c.frame.camera == first_camera)
+            robot = robot_pose(self.tf_input, config.odom_frame, config.base_frame, camera.frame,
+                               camera.camera_to_world)
+            self.last_robot_pose = robot or self.last_robot_pose
+        publisher.publish(outputs, FrameSettings(config.map_frame, config.frame_prefix, config.odom_frame,
+                                                 None if robot is None else robot.map_from_odom))
+        scale_publisher.publish(scale_message(frames, scale, config.map_frame))
+        world_map = self.pipeline.map
+        if outputs.placement is None or world_map is None:
+            return
+        map_frames = MapFrames(config.map_frame, optical_frame(first_camera, config.frame_prefix), config.odom_frame,
+                               config.base_frame)
+        map_publisher.publish_odometry(outputs, first_camera, map_frames, robot)
+        map_publisher.publish_period_s = config.map_publish_period_s
+        map_publisher.publish_map(world_map, first_camera, map_frames, outputs.newest_stamp_ns,
+                                  map_up(self.last_robot_pose), force=outputs.placement.loop_closures > 0)
 
     # ---------------------------------------------------------------- /g2vlm/ask
     def latest_snapshot(self) -> Optional[Snapshot]:
@@ -410,7 +447,7 @@ def main(args: Optional[list[str]] = None) -> int:
         node.get_logger().info(
             f"ready: state {node.state_label}, cameras {node.camera_names}, backend "
             f"{backend.describe() if backend else 'none'}, scale {node.config.scale_source}, "
-            f"world frame '{node.config.world_frame}'")
+            f"map frame '{node.config.map_frame}'")
 
     spin_and_tear_down(executor, node, node.entity_gate, node.callback_guard, start)
     if node.window_abandoned:

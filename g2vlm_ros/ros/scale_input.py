@@ -138,20 +138,3 @@ class ScaleInput:
         metric = depth_image_to_metres(msg)
         predicted = resize_nearest(result.depth[index].float(), metric.shape[1], metric.shape[0]).cpu().numpy()
         return scale_from_depth(metric, predicted)
-
-    def odom_from_world(self, frames: list[Frame], result: GeometryResult, metres_per_unit: float
-                        ) -> Optional[np.ndarray]:
-        """For scale_source tf: odom_T_world placing this window's (scaled) world frame in odom_frame.
-
-        Anchored on the newest frame of the first camera, so that its published pose agrees with TF
-        exactly at the moment that matters most for the robot: now.
-        """
-        index = newest_index(frames, self.cameras[0])
-        try:
-            odom_from_camera = self._lookup(self.config.odom_frame, frames[index].frame_id,
-                                            frames[index].stamp_ns)
-        except TransformUnavailable:
-            return None
-        world_from_camera = result.camera_to_world[index].detach().double().cpu().numpy().copy()
-        world_from_camera[:3, 3] *= metres_per_unit
-        return odom_from_camera @ np.linalg.inv(world_from_camera)
