@@ -129,9 +129,10 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--checkpoint", default="")
     parser.add_argument("--log", type=Path, default=Path("soak_node.log"))
+    parser.add_argument("--ros-domain-id", type=int, default=None, help="DDS domain (default: a random one of 1-100)")
     args = parser.parse_args(argv)
 
-    env = isolated_ros_environment()
+    env = isolated_ros_environment(args.ros_domain_id)
     os.environ.update(env)
     import rclpy
     from rclpy.executors import MultiThreadedExecutor

@@ -137,7 +137,8 @@ def test_device_resize_stays_close_to_the_official_lanczos():
 
 def test_node_runs_the_real_model_across_processes(start_node, ros_client, checkpoint):
     camera = "model_cam"
-    node = start_node(backend="torch", device="cpu", checkpoint_path=str(checkpoint), cameras=[camera])
+    # one-view windows: the node's depth must equal one run of the model on this image
+    node = start_node(backend="torch", device="cpu", checkpoint_path=str(checkpoint), cameras=[camera], window_size=1)
     assert "backend ready: torch on cpu (fp32)" in node.log()
     depth = ros_client.collect(ImageMsg, f"/g2vlm/{camera}/depth_relative")
     publisher = ros_client.node.create_publisher(ImageMsg, f"/{camera}/image_raw", qos_profile_sensor_data)

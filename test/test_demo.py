@@ -1,5 +1,6 @@
 """`make demo`'s program end to end: the node, the player and the monitor in separate processes on
 the embedded demo model, the printed report, and previews that show the synthetic room."""
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from g2vlm_ros.cli.previews import CAPTION_HEIGHT
 
 
 def test_the_demo_reports_rates_latency_and_an_answer_and_writes_previews(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "g2vlm_ros.cli.demo", "--seconds", "8", "--output", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "g2vlm_ros.cli.demo", "--seconds", "8", "--output", str(tmp_path),
+                             "--ros-domain-id", os.environ["ROS_DOMAIN_ID"]],  # this test process's own domain
                             capture_output=True, text=True, timeout=420)
     report = result.stdout
     assert result.returncode == 0, report + result.stderr

@@ -36,11 +36,11 @@ FIRST_OUTPUT_TIMEOUT_S = 240.0  # model load plus the first window on a slow 2-c
 KEPT_STAMPS = 64  # recent messages kept per topic, to pair a window's outputs and its input by stamp
 
 
-def isolated_ros_environment() -> dict[str, str]:
-    """Loopback-only DDS on a random domain, so the demo never talks to a robot on the network."""
+def isolated_ros_environment(domain_id: Optional[int] = None) -> dict[str, str]:
+    """Loopback-only DDS on `domain_id` or a random domain, so the demo never talks to a robot on the network."""
     env = os.environ.copy()
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["ROS_DOMAIN_ID"] = str(random.randint(1, 100))
+    env["ROS_DOMAIN_ID"] = str(random.randint(1, 100) if domain_id is None else domain_id)
     env.pop("RMW_IMPLEMENTATION", None)
     profile = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_shm.xml"
     if profile.exists():
@@ -188,7 +188,7 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    env = isolated_ros_environment()
+    env = isolated_ros_environment(args.ros_domain_id)
     os.environ.update(env)
     try:
         camera = camera_source(args.source)
@@ -367,6 +367,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--checkpoint", default="", help="G2VLM checkpoint folder (default: the embedded demo model)")
     parser.add_argument("--question", default=QUESTION, help="asked through /g2vlm/ask")
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="where previews and logs go")
+    parser.add_argument("--ros-domain-id", type=int, default=None,
+                        help="DDS domain of the demo's processes (default: a random one of 1-100, loopback only)")
     args = parser.parse_args(argv)
     from g2vlm_ros.playback.bag import is_bag
 
