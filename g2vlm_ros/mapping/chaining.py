@@ -23,8 +23,9 @@ class Anchor:
     """A view already placed in the map that a later window may share: its pose and its stored pixels."""
 
     camera_to_map: np.ndarray  # [4,4] optimized (keyframes) or placed (the previous window's newest view)
-    points: np.ndarray  # [h,w,3] float32 local points, map units, camera frame
+    points: np.ndarray  # [h,w,3] float32 local points, camera frame, the view's stored unit
     confidence: Optional[np.ndarray]  # [h,w] float32 or None
+    scale: float = 1.0  # map units per stored unit (a keyframe's node scale; 1 for a view placed in map units)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class WindowFit:
     scale: ScaleEvidence
     shared_views: int
     shared_points: int
+    view_scales: dict  # key -> map units per window unit from that shared view's depths alone (weighted median)
 
 
 def valid_pixels(points: np.ndarray, confidence: Optional[np.ndarray]) -> np.ndarray:
@@ -59,10 +61,10 @@ def fit_window(views: Sequence, anchors: dict, metric: bool, min_points: int, ma
     if count < max(min_points, 3):
         return None
     stride = max(1, int(np.ceil(count / max_points)))  # even thinning bounds the cost per window
-    sources, targets, weights, map_depths, window_depths, depth_weights = [], [], [], [], [], []
+    sources, targets, weights, map_depths, window_depths, depth_weights, keys = [], [], [], [], [], [], []
     for view, anchor, valid in pairs:
         window_local = view.points[valid].astype(np.float64)[::stride]
-        map_local = anchor.points[valid].astype(np.float64)[::stride]
+        map_local = anchor.points[valid].astype(np.float64)[::stride] * anchor.scale
         weight = np.ones(len(window_local))
         if view.confidence is not None:
             weight = weight * view.confidence[valid][::stride]
@@ -76,6 +78,7 @@ def fit_window(views: Sequence, anchors: dict, metric: bool, min_points: int, ma
         map_depths.append(map_local[:, 2])
         window_depths.append(window_local[:, 2])
         depth_weights.append(weight)
+        keys.append(view.key)
     scale = depth_ratio_scale(map_depths, window_depths, depth_weights)
     initial = _initial_guess([view for view, _, _ in pairs], [anchor for _, anchor, _ in pairs],
                              1.0 if metric else scale.scale)
@@ -84,7 +87,8 @@ def fit_window(views: Sequence, anchors: dict, metric: bool, min_points: int, ma
                                  fix_scale=metric, initial=initial)
     except ValueError:
         return None  # degenerate shared geometry (all points on a line, zero weights): not chainable
-    return WindowFit(alignment, scale, len(pairs), count)
+    view_scales = dict(zip(keys, scale.per_keyframe, strict=True))
+    return WindowFit(alignment, scale, len(pairs), count, view_scales)
 
 
 def _initial_guess(views: list, anchors: list[Anchor], scale: float) -> Sim3:
@@ -110,6 +114,14 @@ def relative_pose(camera_to_frame_a: np.ndarray, camera_to_frame_b: np.ndarray, 
     relative[:3, 3] *= scale
     relative[3] = (0.0, 0.0, 0.0, 1.0)
     return relative
+
+
+def relative_similarity(camera_to_frame_a: np.ndarray, camera_to_frame_b: np.ndarray, unit_a: float,
+                        unit_b: float) -> tuple[np.ndarray, float]:
+    """The similarity from b's stored unit to a's: (rigid inverse(T_a) @ T_b with its translation in a's stored
+    unit, b's stored unit in a's). unit_a, unit_b: stored units per frame unit of each view (their points in the
+    frame's unit times this are their stored points)."""
+    return relative_pose(camera_to_frame_a, camera_to_frame_b, unit_a), unit_a / unit_b
 
 
 def project_rotation(matrix: np.ndarray) -> np.ndarray:
