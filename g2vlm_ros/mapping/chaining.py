@@ -9,6 +9,7 @@ pixels.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -161,3 +162,39 @@ def median_depth(views: Sequence, scale: float) -> float:
                                                     else view.confidence[::4, ::4])] for view in views]
     depths = np.concatenate(depths) if depths else np.zeros(0)
     return float(np.median(depths)) * scale if depths.size else scale
+
+
+def checked_views(views: Sequence) -> list:
+    """Clear errors for malformed input; rotations projected onto SO(3) (model poses are not exactly orthonormal)."""
+    views = list(views)
+    if not views:
+        raise ValueError("a window needs at least one view")
+    keys = set()
+    checked = []
+    for view in views:
+        key = view.key
+        if (not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[0], str)
+                or isinstance(key[1], bool) or not isinstance(key[1], (int, np.integer))):
+            raise ValueError(f"a view key must be (camera name, stamp_ns), got {key!r}")
+        if key in keys:
+            raise ValueError(f"view {key} appears twice in one window")
+        keys.add(key)
+        pose = np.asarray(view.camera_to_window, np.float64)
+        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+            raise ValueError(f"view {key}: camera_to_window must be a finite [4,4] matrix")
+        if np.abs(pose[:3, :3].T @ pose[:3, :3] - np.eye(3)).max() > 1e-2 or np.linalg.det(pose[:3, :3]) <= 0:
+            raise ValueError(f"view {key}: camera_to_window has no rotation in its upper-left block (scale inside?)")
+        pose = pose.copy()
+        pose[:3, :3] = project_rotation(pose[:3, :3])
+        pose[3] = (0.0, 0.0, 0.0, 1.0)
+        points = np.asarray(view.points)
+        if points.ndim != 3 or points.shape[2] != 3 or points.shape[0] * points.shape[1] == 0:
+            raise ValueError(f"view {key}: points must be [h,w,3] with h,w >= 1, got {points.shape}")
+        shape = points.shape[:2]
+        if view.confidence is not None and np.shape(view.confidence) != shape:
+            raise ValueError(f"view {key}: confidence must be {shape}, got {np.shape(view.confidence)}")
+        if view.colors is not None and (np.shape(view.colors) != (*shape, 3) or view.colors.dtype != np.uint8):
+            raise ValueError(f"view {key}: colors must be uint8 {(*shape, 3)}, got {np.shape(view.colors)}")
+        checked.append(dataclasses.replace(view, key=(key[0], int(key[1])), keyframe=bool(view.keyframe),
+                                           camera_to_window=pose, points=points))
+    return checked

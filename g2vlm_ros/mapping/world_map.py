@@ -117,6 +117,7 @@ class MapStats:
     loop_requests: int  # candidates handed out by loop_request
     loop_rejections: int  # candidates that verification rejected
     loop_keyframes: int  # keyframes that keep loop data (<= MapSettings.max_loop_keyframes)
+    alignment_keyframes: int  # keyframes that keep their full pixels for alignment (recent windows only)
     cloud_points: int  # points stored for the map cloud (<= MapSettings.max_points)
     evicted_keyframes: int  # keyframes whose points left the cloud under the memory bound
     last_status: str
@@ -181,7 +182,7 @@ class WorldMap:
 
     def add_window(self, views: Sequence[ViewObservation], stamp_ns: int) -> Placement:
         """Aligns one window to the map, adds its keyframes and edges, optimizes; see the module docstring."""
-        views = _checked_views(views)
+        views = chaining.checked_views(views)
         with self._lock:
             started = time.perf_counter()
             placement = self._add_window(views)
@@ -395,6 +396,7 @@ class WorldMap:
                 loop_requests=self._loops.requests if self._loops else 0,
                 loop_rejections=self._loops.rejections if self._loops else 0,
                 loop_keyframes=self._loops.keyframes if self._loops else 0,
+                alignment_keyframes=sum(keyframe.anchor is not None for keyframe in self._keyframes.values()),
                 cloud_points=self._cloud.stored_points, evicted_keyframes=self._cloud.evicted_keyframes,
                 last_status=self._last_status, scale_ratio=self._scale_ratio, scale_change=self._scale_change,
                 cumulative_scale_drift=drift,
@@ -410,7 +412,7 @@ class WorldMap:
     def verify_loop(self, request: LoopRequest, views: Sequence[ViewObservation]) -> bool:
         """Geometric verification of a loop (loop_closure.verify_loop) on the model's output for the 2-view
         window; when accepted, a robust loop edge joins the two keyframes and the graph is re-optimized."""
-        views = _checked_views(views)
+        views = chaining.checked_views(views)
         with self._lock:
             if self._loops is None:
                 return False
@@ -456,39 +458,3 @@ class WorldMap:
 
 def _oldest(views: list[ViewObservation]) -> ViewObservation:
     return min(views, key=lambda view: view.key[1])
-
-
-def _checked_views(views: Sequence[ViewObservation]) -> list[ViewObservation]:
-    """Clear errors for malformed input; rotations projected onto SO(3) (model poses are not exactly orthonormal)."""
-    views = list(views)
-    if not views:
-        raise ValueError("a window needs at least one view")
-    keys = set()
-    checked = []
-    for view in views:
-        key = view.key
-        if (not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[0], str)
-                or isinstance(key[1], bool) or not isinstance(key[1], (int, np.integer))):
-            raise ValueError(f"a view key must be (camera name, stamp_ns), got {key!r}")
-        if key in keys:
-            raise ValueError(f"view {key} appears twice in one window")
-        keys.add(key)
-        pose = np.asarray(view.camera_to_window, np.float64)
-        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
-            raise ValueError(f"view {key}: camera_to_window must be a finite [4,4] matrix")
-        if np.abs(pose[:3, :3].T @ pose[:3, :3] - np.eye(3)).max() > 1e-2 or np.linalg.det(pose[:3, :3]) <= 0:
-            raise ValueError(f"view {key}: camera_to_window has no rotation in its upper-left block (scale inside?)")
-        pose = pose.copy()
-        pose[:3, :3] = chaining.project_rotation(pose[:3, :3])
-        pose[3] = (0.0, 0.0, 0.0, 1.0)
-        points = np.asarray(view.points)
-        if points.ndim != 3 or points.shape[2] != 3 or points.shape[0] * points.shape[1] == 0:
-            raise ValueError(f"view {key}: points must be [h,w,3] with h,w >= 1, got {points.shape}")
-        shape = points.shape[:2]
-        if view.confidence is not None and np.shape(view.confidence) != shape:
-            raise ValueError(f"view {key}: confidence must be {shape}, got {np.shape(view.confidence)}")
-        if view.colors is not None and (np.shape(view.colors) != (*shape, 3) or view.colors.dtype != np.uint8):
-            raise ValueError(f"view {key}: colors must be uint8 {(*shape, 3)}, got {np.shape(view.colors)}")
-        checked.append(ViewObservation((key[0], int(key[1])), bool(view.keyframe), pose, points, view.confidence,
-                                       view.colors, view.descriptor))
-    return checked
