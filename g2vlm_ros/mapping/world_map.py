@@ -69,8 +69,9 @@ class MapSettings:
     bridge_sigma_factor: float = 50.0  # a new segment's link to the previous one: this many times looser
     loop_sigma_factor: float = 2.0  # loop edges: this many times looser than window edges (a wider 2-view baseline)
     # window edge noise on the log of the relative scale of two keyframes (up to scale only). Each is the ratio of
-    # two weighted medians of thousands of per-pixel depth ratios, so its own noise is far below this; what is
-    # left is the model's unit changing within a window, which depth_ratio_scale's spread shows to be ~1 %
+    # two weighted medians of thousands of per-pixel depth ratios, so pixel noise hardly moves it; the allowance
+    # is for a model whose unit changes within a window (depth errors that vary across the image), half the
+    # relative translation noise allowed above
     edge_scale_sigma: float = 0.01
     # keyframes that keep loop-closure data (descriptor + verification grid, ~10 kB + 4 bytes per descriptor
     # value each). Beyond it the oldest keyframe loses both: it can no longer be a loop candidate, while its pose
