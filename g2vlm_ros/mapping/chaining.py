@@ -9,6 +9,7 @@ pixels.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -23,8 +24,9 @@ class Anchor:
     """A view already placed in the map that a later window may share: its pose and its stored pixels."""
 
     camera_to_map: np.ndarray  # [4,4] optimized (keyframes) or placed (the previous window's newest view)
-    points: np.ndarray  # [h,w,3] float32 local points, map units, camera frame
+    points: np.ndarray  # [h,w,3] float32 local points, camera frame, the view's stored unit
     confidence: Optional[np.ndarray]  # [h,w] float32 or None
+    scale: float = 1.0  # map units per stored unit (a keyframe's node scale; 1 for a view placed in map units)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class WindowFit:
     scale: ScaleEvidence
     shared_views: int
     shared_points: int
+    view_scales: dict  # key -> map units per window unit from that shared view's depths alone (weighted median)
 
 
 def valid_pixels(points: np.ndarray, confidence: Optional[np.ndarray]) -> np.ndarray:
@@ -59,10 +62,10 @@ def fit_window(views: Sequence, anchors: dict, metric: bool, min_points: int, ma
     if count < max(min_points, 3):
         return None
     stride = max(1, int(np.ceil(count / max_points)))  # even thinning bounds the cost per window
-    sources, targets, weights, map_depths, window_depths, depth_weights = [], [], [], [], [], []
+    sources, targets, weights, map_depths, window_depths, depth_weights, keys = [], [], [], [], [], [], []
     for view, anchor, valid in pairs:
         window_local = view.points[valid].astype(np.float64)[::stride]
-        map_local = anchor.points[valid].astype(np.float64)[::stride]
+        map_local = anchor.points[valid].astype(np.float64)[::stride] * anchor.scale
         weight = np.ones(len(window_local))
         if view.confidence is not None:
             weight = weight * view.confidence[valid][::stride]
@@ -76,6 +79,7 @@ def fit_window(views: Sequence, anchors: dict, metric: bool, min_points: int, ma
         map_depths.append(map_local[:, 2])
         window_depths.append(window_local[:, 2])
         depth_weights.append(weight)
+        keys.append(view.key)
     scale = depth_ratio_scale(map_depths, window_depths, depth_weights)
     initial = _initial_guess([view for view, _, _ in pairs], [anchor for _, anchor, _ in pairs],
                              1.0 if metric else scale.scale)
@@ -84,7 +88,8 @@ def fit_window(views: Sequence, anchors: dict, metric: bool, min_points: int, ma
                                  fix_scale=metric, initial=initial)
     except ValueError:
         return None  # degenerate shared geometry (all points on a line, zero weights): not chainable
-    return WindowFit(alignment, scale, len(pairs), count)
+    view_scales = dict(zip(keys, scale.per_keyframe, strict=True))
+    return WindowFit(alignment, scale, len(pairs), count, view_scales)
 
 
 def _initial_guess(views: list, anchors: list[Anchor], scale: float) -> Sim3:
@@ -110,6 +115,14 @@ def relative_pose(camera_to_frame_a: np.ndarray, camera_to_frame_b: np.ndarray, 
     relative[:3, 3] *= scale
     relative[3] = (0.0, 0.0, 0.0, 1.0)
     return relative
+
+
+def relative_similarity(camera_to_frame_a: np.ndarray, camera_to_frame_b: np.ndarray, unit_a: float,
+                        unit_b: float) -> tuple[np.ndarray, float]:
+    """The similarity from b's stored unit to a's: (rigid inverse(T_a) @ T_b with its translation in a's stored
+    unit, b's stored unit in a's). unit_a, unit_b: stored units per frame unit of each view (their points in the
+    frame's unit times this are their stored points)."""
+    return relative_pose(camera_to_frame_a, camera_to_frame_b, unit_a), unit_a / unit_b
 
 
 def project_rotation(matrix: np.ndarray) -> np.ndarray:
@@ -149,3 +162,39 @@ def median_depth(views: Sequence, scale: float) -> float:
                                                     else view.confidence[::4, ::4])] for view in views]
     depths = np.concatenate(depths) if depths else np.zeros(0)
     return float(np.median(depths)) * scale if depths.size else scale
+
+
+def checked_views(views: Sequence) -> list:
+    """Clear errors for malformed input; rotations projected onto SO(3) (model poses are not exactly orthonormal)."""
+    views = list(views)
+    if not views:
+        raise ValueError("a window needs at least one view")
+    keys = set()
+    checked = []
+    for view in views:
+        key = view.key
+        if (not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[0], str)
+                or isinstance(key[1], bool) or not isinstance(key[1], (int, np.integer))):
+            raise ValueError(f"a view key must be (camera name, stamp_ns), got {key!r}")
+        if key in keys:
+            raise ValueError(f"view {key} appears twice in one window")
+        keys.add(key)
+        pose = np.asarray(view.camera_to_window, np.float64)
+        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+            raise ValueError(f"view {key}: camera_to_window must be a finite [4,4] matrix")
+        if np.abs(pose[:3, :3].T @ pose[:3, :3] - np.eye(3)).max() > 1e-2 or np.linalg.det(pose[:3, :3]) <= 0:
+            raise ValueError(f"view {key}: camera_to_window has no rotation in its upper-left block (scale inside?)")
+        pose = pose.copy()
+        pose[:3, :3] = project_rotation(pose[:3, :3])
+        pose[3] = (0.0, 0.0, 0.0, 1.0)
+        points = np.asarray(view.points)
+        if points.ndim != 3 or points.shape[2] != 3 or points.shape[0] * points.shape[1] == 0:
+            raise ValueError(f"view {key}: points must be [h,w,3] with h,w >= 1, got {points.shape}")
+        shape = points.shape[:2]
+        if view.confidence is not None and np.shape(view.confidence) != shape:
+            raise ValueError(f"view {key}: confidence must be {shape}, got {np.shape(view.confidence)}")
+        if view.colors is not None and (np.shape(view.colors) != (*shape, 3) or view.colors.dtype != np.uint8):
+            raise ValueError(f"view {key}: colors must be uint8 {(*shape, 3)}, got {np.shape(view.colors)}")
+        checked.append(dataclasses.replace(view, key=(key[0], int(key[1])), keyframe=bool(view.keyframe),
+                                           camera_to_window=pose, points=points))
+    return checked

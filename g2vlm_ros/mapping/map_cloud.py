@@ -1,9 +1,10 @@
 """The accumulated map cloud, kept per keyframe so that it follows the optimized poses.
 
 Each keyframe's points are voxel-downsampled once, when the keyframe enters the map, and stored in that
-keyframe's camera frame (map units). The map cloud is never a fused blob in the map frame: `build` transforms
-every keyframe's points by its current optimized pose and voxel-downsamples the union, so a loop closure that
-moves keyframes moves their points with them. Building costs one pass over the stored points (a few tens of
+keyframe's camera frame, in its stored unit (its node scale turns that into map units). The map cloud is never a
+fused blob in the map frame: `build` scales and transforms every keyframe's points by its current optimized
+node and voxel-downsamples the union, so a loop closure that moves or rescales keyframes moves their points
+with them. Building costs one pass over the stored points (a few tens of
 milliseconds per 100 000 points): meant for <= 1 Hz publishing and saving, not for every window.
 
 Memory policy (`max_points`): the stored points of all keyframes together never exceed the budget. When a new
@@ -94,14 +95,18 @@ class MapCloud:
         self._stored += len(points)
         return len(points)
 
-    def build(self, poses: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The merged map cloud: every stored keyframe's points by its pose (camera_to_map), voxel-downsampled."""
+    def build(self, poses: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The merged map cloud, voxel-downsampled: every stored keyframe's points by its pose, given per node as
+        camera_to_map [4,4] or as (camera_to_map, scale): rigid pose and map units per stored unit (the points
+        are stored in their keyframe's stored unit, and scaled by it first)."""
         chunks, chunk_colors = [], []
         for node, (points, colors) in self._keyframes.items():
             pose = poses.get(node)
             if pose is None:
                 continue
-            chunks.append(points @ pose[:3, :3].T.astype(np.float32) + pose[:3, 3].astype(np.float32))
+            pose, scale = pose if isinstance(pose, tuple) else (pose, 1.0)
+            rotation = (scale * pose[:3, :3]).T.astype(np.float32)
+            chunks.append(points @ rotation + pose[:3, 3].astype(np.float32))
             chunk_colors.append(colors)
         if not chunks:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)

@@ -1,8 +1,10 @@
 """The map's side of loop closure: what it keeps per keyframe for loop_closure.py, and the candidate queue.
 
 Per keyframe with a descriptor: the descriptor (in the LoopDetector), a small verification grid (its local
-points, map units, thinned to at most `VERIFICATION_GRID` cells: about 10 kB per keyframe, since old keyframes
-drop their full alignment pixels) and the path length travelled when it was added. After each window the newest
+points in its stored unit, thinned to at most `VERIFICATION_GRID` cells: about 10 kB per keyframe, since old
+keyframes drop their full alignment pixels) and the path length travelled when it was added. At most
+`max_keyframes` keyframes keep these: beyond that the oldest loses its descriptor and grid (it can no longer be a
+candidate; its pose stays in the map). After each window the newest
 new keyframe is looked up; its candidates wait in a queue that `next_request` hands out one at a time (each one
 costs the caller a model run on [candidate, current]). A new window replaces the queue: candidates of an older
 keyframe are stale.
@@ -43,8 +45,11 @@ def thinned_grid(points: np.ndarray, confidence: Optional[np.ndarray], min_confi
 
 
 class MapLoops:
-    def __init__(self, settings: LoopSettings):
+    def __init__(self, settings: LoopSettings, max_keyframes: int = 1000):
+        if isinstance(max_keyframes, bool) or max_keyframes < 1:
+            raise ValueError(f"max_keyframes must be >= 1, got {max_keyframes!r}")
         self.settings = settings
+        self.max_keyframes = int(max_keyframes)
         self.reset()
 
     def reset(self) -> None:
@@ -54,7 +59,7 @@ class MapLoops:
         self._path = 0.0
         self._last_position: Optional[np.ndarray] = None
         self._queue: deque[LoopRequest] = deque()
-        self.requests = self.rejections = 0
+        self.requests = self.rejections = self.forgotten = 0
         self.last_verification: Optional[LoopVerification] = None
 
     def after_window(self, new_keyframes: list[tuple[KeyframeKey, Optional[np.ndarray], np.ndarray,
@@ -88,6 +93,16 @@ class MapLoops:
                 continue
             self._grids[key] = grid
             self._path_at[key] = self._path
+        while len(self._grids) > self.max_keyframes:
+            oldest = next(iter(self._grids))  # dicts keep insertion order: keyframes arrive in time order
+            self.detector.remove(oldest)
+            del self._grids[oldest], self._path_at[oldest]
+            self.forgotten += 1
+
+    @property
+    def keyframes(self) -> int:
+        """Keyframes that keep loop data (descriptor and verification grid)."""
+        return len(self._grids)
 
     def next_request(self) -> Optional[LoopRequest]:
         if not self._queue:
@@ -96,8 +111,10 @@ class MapLoops:
         return self._queue.popleft()
 
     def verify(self, request: LoopRequest, views: list, candidate_to_map: np.ndarray,
-               current_to_map: np.ndarray) -> LoopVerification:
-        """loop_closure.verify_loop on the caller's [candidate, current] model output (views by key)."""
+               current_to_map: np.ndarray, candidate_scale: float = 1.0) -> LoopVerification:
+        """loop_closure.verify_loop on the caller's [candidate, current] model output (views by key);
+        candidate_scale: map units per stored unit of the candidate (its node scale), so that the verification
+        measures in map units."""
         by_key = {view.key: view for view in views}
         if request.candidate not in by_key or request.current not in by_key:
             raise ValueError(f"the verification window must hold the views {request.candidate} and {request.current}")
@@ -109,7 +126,8 @@ class MapLoops:
         confidence = None
         if pair[0].confidence is not None and pair[1].confidence is not None:
             confidence = np.stack([view.confidence for view in pair])
-        result = verify_loop(self._grids[request.candidate], candidate_to_map, current_to_map,
+        result = verify_loop(self._grids[request.candidate] * np.float32(candidate_scale), candidate_to_map,
+                             current_to_map,
                              self._path - self._path_at.get(request.candidate, self._path),
                              np.stack([view.camera_to_window for view in pair]),
                              np.stack([view.points for view in pair]), confidence, settings=self.settings)
@@ -117,6 +135,24 @@ class MapLoops:
         if not result.accepted:
             self.rejections += 1
         return result
+
+    def stored_units_per_window_unit(self, key: KeyframeKey, views: list) -> Optional[float]:
+        """A keyframe's stored depths over its depths in a window (views by key), on the verification grid's
+        pixels: the median ratio, or None when the keyframe has no grid, is not in the window, or they share too
+        few valid pixels."""
+        by_key = {view.key: view for view in views}
+        if key not in self._grids or key not in by_key:
+            return None
+        stored = self._grids[key]
+        window = thinned_grid(by_key[key].points, by_key[key].confidence, self.settings.min_confidence)
+        if window.shape != stored.shape:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios = stored[..., 2] / window[..., 2]
+            both = np.isfinite(ratios) & (stored[..., 2] > 0) & (window[..., 2] > 0)
+        if both.mean() < self.settings.min_valid_fraction:
+            return None
+        return float(np.median(ratios[both]))
 
     def detector_scene_depth(self, key: KeyframeKey) -> float:
         """Median depth of a keyframe's verification grid, map units (NaN when it has no valid pixel)."""
