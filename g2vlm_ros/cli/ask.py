@@ -228,11 +228,9 @@ def not_available(kind: str, name: str, args: argparse.Namespace, visible: list[
 
 def print_schema(out: TextIO = sys.stdout) -> int:
     """The query schema as JSON: what an LLM agent takes as the ask tool's parameters."""
-    import json
+    from g2vlm_ros.reasoning.query import schema_text
 
-    from g2vlm_ros.reasoning.query import QUERY_SCHEMA
-
-    print(json.dumps(QUERY_SCHEMA, indent=2), file=out)
+    print(schema_text(), file=out)
     return EXIT_ANSWERED
 
 
