@@ -16,9 +16,15 @@ quoted, never answered with a number the model wrote.
 """
 from __future__ import annotations
 
+import inspect
 import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
+
+from g2vlm_ros.reasoning.query import parse_question
+from g2vlm_ros.reasoning.question import Answer, QuestionError
 
 GRID = 1000.0  # Qwen2-VL's grounding coordinates: 0..1000 over the image's width and height
 NUMBER = r"(-?\d+(?:\.\d+)?)"
@@ -29,6 +35,8 @@ POINT = re.compile(PAIR)
 SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 INCOMPLETE_BOX = re.compile(r"\s*,\s*\(")
 QUOTED_CHARACTERS = 120  # of the model's reply in a refusal
+# the language parser's refusal of a question about an object with no pixel or box of its own
+SUBJECT_REFUSAL = re.compile(r"the question is about '([^']+)'")
 
 
 def grounding_prompt(subject: str) -> str:
@@ -116,3 +124,86 @@ def _pixel(grid_value: float, size: int) -> float:
 
 def _point(labels: list[str], x: float, y: float, width: int, height: int) -> Grounding:
     return Grounding(labels[0] if labels else "", None, (_pixel(x, width), _pixel(y, height)))
+
+
+def subject_of(question: str, cameras: Sequence[str]) -> Optional[str]:
+    """The object a question is about when it names no pixel or box for it ("How wide is the ball?" -> "the
+    ball"), else None (the question is grounded already, or refused for another reason)."""
+    if question.lstrip().startswith("{"):
+        return None  # a JSON query's subject is a label only: its form carries its own pixels or box
+    try:
+        parse_question(question, cameras)
+    except QuestionError as refusal:
+        match = SUBJECT_REFUSAL.search(str(refusal))
+        return match.group(1) if match else None
+    return None
+
+
+def grounded_questions(question: str, grounding: Grounding, camera: str) -> list[str]:
+    """The question with the grounded location written in, box first (size forms), then its centre (distance and
+    depth forms): the measuring answerer parses them like any question with a location."""
+    stem = question.strip().rstrip("?.! ")
+    x, y = grounding.point
+    located = []
+    if grounding.box is not None:
+        located.append("[" + ", ".join(f"{v:.1f}" for v in grounding.box) + "]")
+    located.append(f"({x:.1f}, {y:.1f})")
+    return [f"{stem} at {where} in {camera}?" for where in located]
+
+
+class GroundingAnswerer:
+    """Questions about objects, answered by locating them with the semantic expert and measuring the location.
+
+    `measurer` answers questions with locations (the node's answerer of the documented forms); `generator` is
+    the GenerativeAnswerer of the checkpoint (its `generate`) and answers every question that is not about an
+    object, as before. A question about an object gets `value` from `measurer` only: value_source "measured",
+    the box in `reasoning`, the model's reply marked there as its estimate of where the object is.
+    """
+
+    streams = True
+
+    def __init__(self, generator, measurer):
+        self.generator, self.measurer = generator, measurer
+
+    def answer(self, question: str, cameras: Sequence[str], snapshot, timeout_s: float, frame=None,
+               feedback: Optional[Callable[[str, str], None]] = None,
+               is_cancelled: Optional[Callable[[], bool]] = None) -> Answer:
+        subject = subject_of(question, cameras)
+        if subject is None:
+            return _call(self.generator, question, cameras, snapshot, timeout_s, frame=frame, feedback=feedback,
+                         is_cancelled=is_cancelled)
+        deadline = time.monotonic() + timeout_s
+        camera = cameras[0]
+        views = [frame_ for frame_ in snapshot.window.frames if frame_.camera == camera]
+        if not views:
+            raise QuestionError(f"camera '{camera}' is not in the latest window")
+        image = max(views, key=lambda view: view.stamp_ns).rgb
+        reply, generated = self.generator.generate([image], grounding_prompt(subject), deadline, timeout_s, feedback,
+                                                   is_cancelled)
+        try:
+            grounding = parse_grounding(reply, image.shape[1], image.shape[0])
+        except GroundingError as error:
+            raise QuestionError(f"the question is about '{subject}', and the semantic expert did not locate it: "
+                                f"{error} ({generated}); no value is given without a measured location") from None
+        refusals = []
+        for located in grounded_questions(question, grounding, camera):
+            try:
+                measured = _call(self.measurer, located, cameras, snapshot, max(0.0, deadline - time.monotonic()),
+                                 frame=frame)
+            except QuestionError as refusal:
+                refusals.append(str(refusal))
+                continue
+            measured.reasoning = (f"'{subject}' located by the semantic expert at {grounding.describe()} in {camera} "
+                                  f"(the model's estimate of where it is: {quote(reply)}; {generated}); measured "
+                                  f"there: {measured.reasoning}")
+            measured.value_source = "measured"
+            return measured
+        raise QuestionError(f"'{subject}' was located at {grounding.describe()} in {camera}, but that location "
+                            f"could not be measured: {refusals[-1]}")
+
+
+def _call(answerer, question, cameras, snapshot, timeout_s, **extras) -> Answer:
+    """answerer.answer with those of `extras` (frame, feedback, is_cancelled) that it takes."""
+    accepted = inspect.signature(answerer.answer).parameters
+    return answerer.answer(question, cameras, snapshot, timeout_s,
+                           **{name: value for name, value in extras.items() if name in accepted and value is not None})
