@@ -165,12 +165,20 @@ class GroundingAnswerer:
     def __init__(self, generator, measurer):
         self.generator, self.measurer = generator, measurer
 
+    @property
+    def takes_frame(self) -> bool:
+        """Answers in a robot frame only when the measurer does (the generator's own answers carry no points)."""
+        return "frame" in inspect.signature(self.measurer.answer).parameters
+
     def answer(self, question: str, cameras: Sequence[str], snapshot, timeout_s: float, frame=None,
                feedback: Optional[Callable[[str, str], None]] = None,
                is_cancelled: Optional[Callable[[], bool]] = None) -> Answer:
         subject = subject_of(question, cameras)
         if subject is None:
-            return _call(self.generator, question, cameras, snapshot, timeout_s, frame=frame, feedback=feedback,
+            if frame is not None and frame.window_to_target is not None and self.takes_frame:
+                # asked in a robot frame: the measurement answers (the generator's answers are in the window frame)
+                return _call(self.measurer, question, cameras, snapshot, timeout_s, frame=frame)
+            return _call(self.generator, question, cameras, snapshot, timeout_s, feedback=feedback,
                          is_cancelled=is_cancelled)
         deadline = time.monotonic() + timeout_s
         camera = cameras[0]

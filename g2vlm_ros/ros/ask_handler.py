@@ -8,7 +8,6 @@ stuck in a slow answer; a timed-out answer finishes in the background and still 
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import inspect
 import math
 import threading
@@ -114,6 +113,11 @@ class AskHandler:
             if self.answerer is None:
                 raise QuestionError(no_answerer_error())
             frame, up_note = self._robot_frame(snapshot, target)
+            if frame is not None and not takes_frame(self.answerer):
+                if frame.window_to_target is not None:
+                    raise QuestionError(f"target_frame '{target}': the answerer {type(self.answerer).__name__} "
+                                        f"answers in {config.world_frame} only")
+                frame = None
             response.frame_id = frame.name if frame is not None else config.world_frame
             answer = self._answer_within(question, cameras, snapshot, timeout_s, frame, publish_feedback,
                                          is_cancelled)
@@ -172,7 +176,7 @@ class AskHandler:
             if getattr(self.answerer, "streams", False):  # generation streams text and stops when cancelled
                 extras = {"feedback": publish_feedback,
                           "is_cancelled": lambda: self._closing.is_set() or bool(is_cancelled and is_cancelled())}
-            if frame is not None and takes_frame(type(self.answerer)):
+            if frame is not None and takes_frame(self.answerer):
                 extras["frame"] = frame
             future = self._pool.submit(self.answerer.answer, question, cameras, snapshot, timeout_s, **extras)
         except RuntimeError as error:  # the pool is shut down: the node is cleaning up
@@ -200,10 +204,12 @@ class AskHandler:
                 publish_feedback("", "done")
 
 
-@functools.lru_cache(maxsize=32)
-def takes_frame(answerer_type: type) -> bool:
-    """Whether an answerer's answer() takes the robot frame (answerers of the documented forms only may not)."""
-    return "frame" in inspect.signature(answerer_type.answer).parameters
+def takes_frame(answerer) -> bool:
+    """Whether an answerer answers in a given robot frame: its `takes_frame`, else whether answer() has `frame`."""
+    declared = getattr(answerer, "takes_frame", None)
+    if declared is not None:
+        return bool(declared)
+    return "frame" in inspect.signature(answerer.answer).parameters
 
 
 def _about_up(error: str) -> bool:

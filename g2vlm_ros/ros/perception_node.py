@@ -37,6 +37,7 @@ from g2vlm_ros.pipeline.perception import PerceptionPipeline, Snapshot
 from g2vlm_ros.pipeline.postprocess import WindowOutputs
 from g2vlm_ros.reasoning.generative import GenerativeAnswerer
 from g2vlm_ros.reasoning.geometric import GeometricAnswerer
+from g2vlm_ros.reasoning.grounding import GroundingAnswerer
 from g2vlm_ros.ros.ask_action import AskActionServer
 from g2vlm_ros.ros.ask_handler import AskHandler, internal_error_response
 from g2vlm_ros.ros.camera_input import CameraInput
@@ -305,8 +306,9 @@ class PerceptionNode(LifecycleNode):
         if model is None or getattr(model, "tokenizer", None) is None:
             self.get_logger().info(f"{service}: geometric answerer (documented question forms)")
             return GeometricAnswerer()
-        self.get_logger().info(f"{service}: G2VLM's semantic expert, grounded in measured geometry")
-        return GenerativeAnswerer(model, self.config.max_answer_tokens)
+        self.get_logger().info(f"{service}: G2VLM's semantic expert, grounded in measured geometry; objects "
+                               "located by it and measured")
+        return GroundingAnswerer(GenerativeAnswerer(model, self.config.max_answer_tokens), GeometricAnswerer())
 
     def autostart(self) -> None:
         """configure + activate, as `autostart: true` asks; failures are logged and leave the node up."""
@@ -322,8 +324,8 @@ class PerceptionNode(LifecycleNode):
         if self.robot_frame_input is not None:
             self.robot_frame_input.frames.imu_max_age_s = self.config.imu_max_age_s
         answerer = self.ask_handler.answerer
-        if isinstance(answerer, GenerativeAnswerer):
-            answerer.max_new_tokens = self.config.max_answer_tokens
+        if isinstance(answerer, GroundingAnswerer):
+            answerer.generator.max_new_tokens = self.config.max_answer_tokens
 
     def _first_camera_motion(self, previous: list[Frame], candidate: list[Frame]) -> Optional[tuple[float, float]]:
         tf_input = self.tf_input
