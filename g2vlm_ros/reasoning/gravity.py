@@ -4,7 +4,8 @@ Sources, in order: the up vector the node supplies (RobotFrame.up_in_window, fro
 plane fitted to the window's points. The fit is RANSAC over planes through three points, keeping only planes
 that can be a floor: normal within FLOOR_MAX_TILT_DEG of the newest camera's image-up axis (-y; cameras of
 a ground robot are mounted within that of level) and the camera at least two tolerances above it; the plane
-with the most inliers wins and is refined by least squares (SVD) on its inliers. With a known up vector the
+with the most inliers among those with at most MAX_BELOW_FLOOR of the points below them (the floor is the lowest
+surface) wins and is refined by least squares (SVD) on its inliers. With a known up vector the
 floor is the lowest height level, along up, holding at least FLOOR_MIN_FRACTION of the window's points.
 Tolerances are relative to the scene (FLOOR_TOLERANCE x the median distance of the points from the camera), so
 the same rule works in metres and in the model's relative units.
@@ -21,8 +22,9 @@ from g2vlm_ros.reasoning.question import QuestionError
 FLOOR_MAX_TILT_DEG = 40.0
 FLOOR_TOLERANCE = 0.01
 FLOOR_MIN_FRACTION = 0.03
-RANSAC_ITERATIONS = 300
+RANSAC_ITERATIONS = 1000
 RANSAC_SAMPLE = 20000
+MAX_BELOW_FLOOR = 0.01  # fraction of the points that may lie below a floor candidate (noise, stray points)
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,14 @@ def fit_floor_plane(points: np.ndarray, camera_centre: np.ndarray, camera_up_hin
     min_cos = np.cos(np.radians(FLOOR_MAX_TILT_DEG))
     needed = max(30, int(FLOOR_MIN_FRACTION * sample.shape[0]))
     best: Optional[tuple[int, np.ndarray, float]] = None
-    triples = rng.integers(0, sample.shape[0], size=(RANSAC_ITERATIONS, 3))
+    # planes through three points below the camera (along its image up): the floor is there, so a floor that fills
+    # little of the view is still drawn often enough
+    below = sample[(sample - camera_centre) @ hint < 0]
+    if below.shape[0] < 3:
+        return None
+    triples = rng.integers(0, below.shape[0], size=(RANSAC_ITERATIONS, 3))
     for a, b, c in triples:
-        normal = np.cross(sample[b] - sample[a], sample[c] - sample[a])
+        normal = np.cross(below[b] - below[a], below[c] - below[a])
         norm = np.linalg.norm(normal)
         if norm < 1e-12:
             continue
@@ -113,11 +120,14 @@ def fit_floor_plane(points: np.ndarray, camera_centre: np.ndarray, camera_up_hin
             normal = -normal
         if normal @ hint < min_cos:
             continue
-        offset = float(normal @ sample[a])
+        offset = float(normal @ below[a])
         if normal @ camera_centre - offset < 2 * tolerance:
             continue  # the camera must be above a floor
-        count = int(np.count_nonzero(np.abs(sample @ normal - offset) <= tolerance))
-        if count >= needed and (best is None or count > best[0]):
+        signed = sample @ normal - offset
+        count = int(np.count_nonzero(np.abs(signed) <= tolerance))
+        # a floor has (almost) nothing below it; a table top or a box's top has the floor below
+        grounded = np.count_nonzero(signed < -3 * tolerance) <= MAX_BELOW_FLOOR * sample.shape[0]
+        if count >= needed and grounded and (best is None or count > best[0]):
             best = (count, normal, offset)
     if best is None:
         return None
