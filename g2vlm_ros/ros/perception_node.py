@@ -36,8 +36,8 @@ from g2vlm_ros.pipeline.frame import Frame
 from g2vlm_ros.pipeline.perception import PerceptionPipeline, Snapshot
 from g2vlm_ros.pipeline.postprocess import WindowOutputs
 from g2vlm_ros.reasoning.generative import GenerativeAnswerer
-from g2vlm_ros.reasoning.geometric import GeometricAnswerer
 from g2vlm_ros.reasoning.grounding import GroundingAnswerer
+from g2vlm_ros.reasoning.planner import PlannerAnswerer
 from g2vlm_ros.ros.ask_action import AskActionServer
 from g2vlm_ros.ros.ask_handler import AskHandler, internal_error_response
 from g2vlm_ros.ros.camera_input import CameraInput
@@ -109,7 +109,7 @@ class PerceptionNode(LifecycleNode):
         if self.config.publish_tf and not self.tf_output.active:
             self.get_logger().warning(f"TF output {self.tf_output.mode}")
         # questions run beside perception: their own callback group, their own answer threads
-        self.ask_handler = AskHandler(self, self.config, self.get_logger(), GeometricAnswerer(),
+        self.ask_handler = AskHandler(self, self.config, self.get_logger(), PlannerAnswerer(),
                                       self.config.max_concurrent_questions,
                                       now_ns=lambda: self.get_clock().now().nanoseconds)
         ask_group = ReentrantCallbackGroup()
@@ -251,7 +251,7 @@ class PerceptionNode(LifecycleNode):
         with self._transition_lock:
             self.backend_error = "cleaned up (configure to load the model again)"  # before questions see no model
             self._release()
-            self.ask_handler.answerer = GeometricAnswerer()  # drops the model reference of a generative answerer
+            self.ask_handler.answerer = PlannerAnswerer()  # drops the model reference of a generative answerer
             self.state_label = "unconfigured"
             self.get_logger().info("cleaned up: model and GPU memory released")
             return SUCCESS
@@ -305,10 +305,10 @@ class PerceptionNode(LifecycleNode):
         model, service = getattr(backend, "model", None), f"{self.get_fully_qualified_name()}/ask"
         if model is None or getattr(model, "tokenizer", None) is None:
             self.get_logger().info(f"{service}: geometric answerer (documented question forms)")
-            return GeometricAnswerer()
+            return PlannerAnswerer()
         self.get_logger().info(f"{service}: G2VLM's semantic expert, grounded in measured geometry; objects "
                                "located by it and measured")
-        return GroundingAnswerer(GenerativeAnswerer(model, self.config.max_answer_tokens), GeometricAnswerer())
+        return GroundingAnswerer(GenerativeAnswerer(model, self.config.max_answer_tokens), PlannerAnswerer())
 
     def autostart(self) -> None:
         """configure + activate, as `autostart: true` asks; failures are logged and leave the node up."""
