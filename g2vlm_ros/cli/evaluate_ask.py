@@ -10,8 +10,8 @@ corridor ahead from the exact points with the floor known exactly (same corridor
 
 Four groups: documented forms (README / docs/questions.md), paraphrases, object-referring questions without
 grounding (the right answer is a refusal with a reason), structured JSON queries. Outcomes: correct (within
-5 % and the right unit, and the right yes/no), refused (with a reason), wrong (a wrong number, or a number where a
-refusal was due).
+5 %, or 1 cm for values near zero, in the right unit, with the right yes/no), refused (with a reason), wrong (a
+wrong number, or a number where a refusal was due).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from g2vlm_ros.pipeline.scale_tracker import ScaleEstimate
 from g2vlm_ros.reasoning.geometric import GeometricAnswerer
 from g2vlm_ros.reasoning.measures import CLEARANCE, HEADROOM, OBSTACLE_RANK, extent_axes
 from g2vlm_ros.reasoning.planner import DEFAULT_CORRIDOR_M, PlannerAnswerer
+from g2vlm_ros.reasoning.query import METRES_PER_UNIT
 from g2vlm_ros.reasoning.question import QuestionError
 from g2vlm_ros.training.scenes import render_scenes, sample_scene
 
@@ -40,6 +41,7 @@ GROUPS = ("documented", "paraphrase", "object", "structured")
 CAMERA = "camera"
 VIEWS, HEIGHT, WIDTH, STEP_NS = 4, 240, 320, 500_000_000
 TOLERANCE = 0.05
+ABSOLUTE_TOLERANCE_M = 0.01  # for values near zero (a point on the floor is 0 m above it): 5 % or 1 cm
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ def score(case: Case, ask: Callable[[str], object]) -> tuple[str, str]:
         return ("refused", str(error)) if str(error).strip() else ("wrong", "refused without a reason")
     if case.truth is None:
         return "wrong", f"answered {answer.value:g} {answer.unit}: {answer.answer}"
-    good = answer.unit == case.unit and abs(answer.value - case.truth) <= TOLERANCE * abs(case.truth)
+    allowed = max(TOLERANCE * abs(case.truth), ABSOLUTE_TOLERANCE_M / METRES_PER_UNIT.get(case.unit, 1.0))
+    good = answer.unit == case.unit and abs(answer.value - case.truth) <= allowed
     if case.yes is not None:
         good = good and answer.answer.lower().startswith("yes" if case.yes else "no")
     detail = f"{answer.value:g} {answer.unit} vs truth {case.truth:g} {case.unit}: {answer.answer}"

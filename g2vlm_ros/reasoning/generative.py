@@ -81,7 +81,7 @@ class GenerativeAnswerer:
                                         is_cancelled)
         if measured is not None:
             return Answer(text or measured.answer, f"measured: {measured.reasoning}; {generated}", measured.value,
-                          measured.unit, measured.points)
+                          measured.unit, measured.points, form=measured.form, value_source="measured")
         if not text:
             raise QuestionError(f"the model generated no answer ({generated})")
         facts = window_facts(geometry, cameras)
@@ -90,7 +90,8 @@ class GenerativeAnswerer:
         if value is not None:
             notes.append("value: the model's own estimate as stated in its answer, not a measurement")
         return Answer(text, "; ".join(notes + [generated]), math.nan if value is None else value,
-                      "m" if value is not None else "", np.zeros((0, 3)))
+                      "m" if value is not None else "", np.zeros((0, 3)),
+                      value_source="model_estimate" if value is not None else "")
 
     def generate(self, images: Sequence[np.ndarray], prompt: str, deadline: float, timeout_s: float,
                  feedback: Optional[Callable[[str, str], None]] = None,
