@@ -66,3 +66,19 @@ def test_an_invalid_node_name_is_a_usage_error():
     run = subprocess.run([str(PACKAGE_LIB / "ask"), "How far?", "--node", "my node"], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 2 and "'/my node' is not a valid ROS name" in run.stderr, run.stderr
+
+
+def test_schema_prints_the_query_schema_without_a_node():
+    """`ask --schema` is the tool definition an LLM agent loads: the exact QUERY_SCHEMA, as JSON, with no ROS graph."""
+    import json
+    import subprocess
+    import sys
+
+    from g2vlm_ros.reasoning.query import QUERY_SCHEMA
+
+    done = subprocess.run([sys.executable, "-m", "g2vlm_ros.cli.ask", "--schema"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == QUERY_SCHEMA
+    missing = subprocess.run([sys.executable, "-m", "g2vlm_ros.cli.ask"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "a question is required" in missing.stderr

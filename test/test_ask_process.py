@@ -34,7 +34,6 @@ FORMS = {
     "What is the distance between (0, 0) and (63, 0)?": 63 / FOCAL * PLANE_DEPTH_M,
     "Which is closer, (0, 0) or (32, 24)?": math.sqrt(PLANE_DEPTH_M ** 2 + 2 * (0.5 / FOCAL * PLANE_DEPTH_M) ** 2),
     "Which is farther, (0, 0) or (32, 24)?": CORNER_RANGE,
-    "How much higher is (5, 0) than (5, 40)?": 40 / FOCAL * PLANE_DEPTH_M,
     "How much free space is straight ahead?": PLANE_DEPTH_M,
     "What is the width of [0, 0, 63, 47]?": 63 / FOCAL * PLANE_DEPTH_M,
     "How tall is [0, 0, 63, 47]?": 47 / FOCAL * PLANE_DEPTH_M,
@@ -45,10 +44,13 @@ FORMS = {
 @pytest.fixture(scope="module")
 def scene_node(start_module_node, start_module_robot, ros_client, tf2_msgs_env):
     """One node and robot for the module (two processes and a first window cost seconds to start): every test here
-    only asks questions and reads outputs, so none changes what the others see."""
+    only asks questions and reads outputs, so none changes what the others see. No base_frame: the synthetic robot
+    mounts its camera looking along base_link's z, so TF's "up" would make the wall a ceiling (test_ask_robot_frames
+    asks through TF)."""
     cameras = names(1)
     start_module_node(backend=SCENE_BACKEND, cameras=cameras, scale_source="fixed", fixed_scale=TRUE_SCALE,
-                      window_size=2, max_rate_hz=20.0, extra_env=scene_env(tf2_msgs_env, speed_m=SPEED))
+                      window_size=2, max_rate_hz=20.0, base_frame="''",
+                      extra_env=scene_env(tf2_msgs_env, speed_m=SPEED))
     depth = ros_client.collect(Image, f"/g2vlm/{cameras[0]}/depth")
     start_module_robot(cameras=cameras, rate_hz=10.0, speed_m=SPEED)
     wait_until(lambda: depth, 30, "no window processed")
@@ -94,6 +96,10 @@ def test_every_question_form_is_answered_within_two_percent(scene_node, ros_clie
         assert response.value == pytest.approx(expected, rel=0.02), f"{question}: {response.answer}"
         assert response.unit == "m" and response.frame_id == "g2vlm_map" and response.stamp.sec > 0
         assert response.points and response.reasoning and "fixed" in response.reasoning
+    # heights run along gravity; this robot gives none (no base_frame, no IMU) and a wall is no floor: refused with
+    # the reason, never measured along the camera's image axis
+    height = call(ros_client, "How much higher is (5, 0) than (5, 40)?")
+    assert not height.success and "no up direction" in height.error and "no imu_topic" in height.error
     moved = call(ros_client, f"How far did {camera} move?")
     assert moved.success, moved.error
     frames = moved.value / SPEED  # two keyframes, some whole number of frames apart

@@ -95,3 +95,12 @@ def test_relative_links_resolve(document):
         assert linked.exists(), f"{document.name}: link to missing {target}"
         if anchor and linked.suffix == ".md":
             assert anchor in _anchors(linked), f"{document.name}: no heading for #{anchor} in {linked.name}"
+
+
+def test_questions_doc_shows_the_query_schema_as_the_code_defines_it():
+    from g2vlm_ros.reasoning.query import schema_text
+
+    text = (REPO / "docs" / "questions.md").read_text()
+    section = text[text.index("## Tool definition for LLM agents"):]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.DOTALL)
+    assert blocks and blocks[-1].strip() == schema_text().strip(), "docs/questions.md shows an outdated schema"

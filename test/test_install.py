@@ -38,12 +38,13 @@ def test_ask_service_definition_has_the_documented_fields():
     from g2vlm_interfaces.srv import Ask
 
     request_fields = Ask.Request.get_fields_and_field_types()
-    assert request_fields == {"question": "string", "cameras": "sequence<string>", "timeout_s": "float"}
+    assert request_fields == {"question": "string", "cameras": "sequence<string>", "timeout_s": "float",
+                              "target_frame": "string"}
     response_fields = Ask.Response.get_fields_and_field_types()
     assert response_fields == {
         "success": "boolean", "answer": "string", "reasoning": "string", "value": "double", "unit": "string",
         "points": "sequence<geometry_msgs/Point>", "frame_id": "string", "stamp": "builtin_interfaces/Time",
-        "error": "string",
+        "error": "string", "form": "string", "value_source": "string", "window_age_s": "double",
     }
 
 

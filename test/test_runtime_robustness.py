@@ -55,6 +55,7 @@ RUNTIME_PARAMETERS = {
     "confidence_threshold": (0.0, 0.5),
     "max_answer_tokens": (128, 8),
     "ask_timeout_s": (10.0, 1.0),
+    "imu_max_age_s": (0.5, 0.1),
     "out_of_memory_policy": ("reduce_window", "skip_window"),
     "camera_timeout_s": (2.0, 0.5),
     "inference_timeout_s": (15.0, 0.5),

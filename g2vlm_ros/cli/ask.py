@@ -3,6 +3,8 @@
   ask "How far is (320, 240)?"
   ask "Which object is closest?" --camera front --camera left --timeout 5
   ask "Describe the scene" --stream            (the answer text is printed while it is generated)
+  ask '{"form": "depth", "pixels": [[320, 240]]}' --target-frame base_link   (a typed query, see --schema)
+  ask --schema                                 (the JSON Schema of typed queries, e.g. as an LLM tool definition)
   ros2 run g2vlm_ros ask "How far is (320, 240)?" --node /robot/g2vlm
   ROS_NAMESPACE=robot ros2 run g2vlm_ros ask "How far is (320, 240)?"      (the same node)
 
@@ -36,7 +38,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ask", description="Ask the g2vlm node a spatial question (service <node>/ask, or the "
                                 "action <node>/ask_stream with --stream).")
-    parser.add_argument("question", help="the question, in plain language")
+    parser.add_argument("question", nargs="?", help="the question, in plain language, or a JSON query (--schema)")
+    parser.add_argument("--schema", action="store_true",
+                        help="print the JSON Schema of typed queries (the JSON form of `question`) and exit")
+    parser.add_argument("--target-frame", default="", metavar="FRAME",
+                        help="frame of the answer's points and directions, e.g. base_link (via TF; needs a metric "
+                             "scale); default: the node's world_frame")
     parser.add_argument("--camera", dest="cameras", action="append", default=[], metavar="NAME",
                         help="answer over this camera (repeatable); default: all cameras of the node")
     parser.add_argument("--timeout", type=float, default=0.0, metavar="S",
@@ -49,6 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--wait", type=float, default=10.0, metavar="S",
                         help="seconds to wait for the service/action to appear (default 10)")
     args = parser.parse_args(argv)
+    if args.question is None and not args.schema:
+        parser.error("a question is required (or --schema)")
     try:
         args.node = resolve_node(args.node, os.environ.get("ROS_NAMESPACE", ""))
     except ValueError as error:
@@ -84,13 +93,19 @@ def print_answer(response, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -
         return EXIT_REFUSED
     print(f"answer:    {response.answer}", file=out)
     if not math.isnan(response.value):
-        print(f"value:     {response.value:g} {response.unit}".rstrip(), file=out)
+        source = f" ({response.value_source})" if getattr(response, "value_source", "") else ""
+        print(f"value:     {response.value:g} {response.unit}".rstrip() + source, file=out)
+    if getattr(response, "form", ""):
+        print(f"form:      {response.form}", file=out)
     if response.reasoning:
         print(f"reasoning: {response.reasoning}", file=out)
     for point in response.points:
         print(f"point:     ({point.x:.3f}, {point.y:.3f}, {point.z:.3f})", file=out)
     print(f"frame_id:  {response.frame_id}", file=out)
     print(f"stamp:     {format_stamp(response.stamp)}", file=out)
+    age = getattr(response, "window_age_s", math.nan)
+    if math.isfinite(age):
+        print(f"age:       {age:.3f} s", file=out)
     return EXIT_ANSWERED
 
 
@@ -167,7 +182,8 @@ def ask_action(node, executor, args, request) -> int:
         print(not_available("action", name, args, visible), file=sys.stderr)
         return EXIT_UNAVAILABLE
     printer = FeedbackPrinter()
-    goal = AskAction.Goal(question=request.question, cameras=request.cameras, timeout_s=request.timeout_s)
+    goal = AskAction.Goal(question=request.question, cameras=request.cameras, timeout_s=request.timeout_s,
+                          target_frame=request.target_frame)
     sent = client.send_goal_async(
         goal, feedback_callback=lambda message: printer(message.feedback.partial_answer, message.feedback.stage))
     spin_until_done(executor, sent)
@@ -210,6 +226,14 @@ def not_available(kind: str, name: str, args: argparse.Namespace, visible: list[
     return "\n".join(lines)
 
 
+def print_schema(out: TextIO = sys.stdout) -> int:
+    """The query schema as JSON: what an LLM agent takes as the ask tool's parameters."""
+    from g2vlm_ros.reasoning.query import schema_text
+
+    print(schema_text(), file=out)
+    return EXIT_ANSWERED
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -220,7 +244,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     argv = sys.argv if argv is None else ["ask", *argv]
     args = parse_args(remove_ros_args(argv)[1:])
-    request = Ask.Request(question=args.question, cameras=args.cameras, timeout_s=args.timeout)
+    if args.schema:
+        return print_schema()
+    request = Ask.Request(question=args.question, cameras=args.cameras, timeout_s=args.timeout,
+                          target_frame=args.target_frame)
 
     # An own context keeps main() usable from other Python code that already initialised rclpy.
     context = rclpy.Context()

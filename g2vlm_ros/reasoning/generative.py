@@ -77,6 +77,27 @@ class GenerativeAnswerer:
             measured = None  # not a grounded form: the model answers alone, with window facts beside it
         frames = [snapshot.window.frames[geometry.newest_view(camera)] for camera in cameras
                   if camera in geometry.cameras]
+        text, generated = self.generate([frame.rgb for frame in frames], question, deadline, timeout_s, feedback,
+                                        is_cancelled)
+        if measured is not None:
+            return Answer(text or measured.answer, f"measured: {measured.reasoning}; {generated}", measured.value,
+                          measured.unit, measured.points, form=measured.form, value_source="measured")
+        if not text:
+            raise QuestionError(f"the model generated no answer ({generated})")
+        facts = window_facts(geometry, cameras)
+        value = length_in_text(text)
+        notes = [f"measured: {'; '.join(facts)}"] if facts else []
+        if value is not None:
+            notes.append("value: the model's own estimate as stated in its answer, not a measurement")
+        return Answer(text, "; ".join(notes + [generated]), math.nan if value is None else value,
+                      "m" if value is not None else "", np.zeros((0, 3)),
+                      value_source="model_estimate" if value is not None else "")
+
+    def generate(self, images: Sequence[np.ndarray], prompt: str, deadline: float, timeout_s: float,
+                 feedback: Optional[Callable[[str, str], None]] = None,
+                 is_cancelled: Optional[Callable[[], bool]] = None) -> tuple[str, str]:
+        """(stripped text, a note on the generation) for `prompt` about `images`; one generation at a time, within
+        the deadline (time.monotonic()); QuestionError when cancelled or timed out."""
         tokenizer = self.model.tokenizer
         stopped = {"why": ""}
 
@@ -92,22 +113,8 @@ class GenerativeAnswerer:
         with self._generation_lock:
             if time.monotonic() > deadline:
                 raise QuestionError(f"timed out after {timeout_s:g} s waiting for another answer's generation")
-            result = chat(self.model, [frame.rgb for frame in frames], question,
-                          GenerationConfig(max_new_tokens=self.max_new_tokens), vision_size=self.vision_size,
-                          on_token=on_token)
+            result = chat(self.model, list(images), prompt, GenerationConfig(max_new_tokens=self.max_new_tokens),
+                          vision_size=self.vision_size, on_token=on_token)
         if result.stopped_by == "interrupted":
             raise QuestionError(stopped["why"])
-        text = (result.text or "").strip()
-        generated = f"the model generated {len(result.token_ids)} tokens ({result.stopped_by})"
-        if measured is not None:
-            return Answer(text or measured.answer, f"measured: {measured.reasoning}; {generated}", measured.value,
-                          measured.unit, measured.points)
-        if not text:
-            raise QuestionError(f"the model generated no answer ({generated})")
-        facts = window_facts(geometry, cameras)
-        value = length_in_text(text)
-        notes = [f"measured: {'; '.join(facts)}"] if facts else []
-        if value is not None:
-            notes.append("value: the model's own estimate as stated in its answer, not a measurement")
-        return Answer(text, "; ".join(notes + [generated]), math.nan if value is None else value,
-                      "m" if value is not None else "", np.zeros((0, 3)))
+        return (result.text or "").strip(), f"the model generated {len(result.token_ids)} tokens ({result.stopped_by})"

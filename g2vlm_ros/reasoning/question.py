@@ -21,7 +21,11 @@ class Answer:
     reasoning: str = ""
     value: float = math.nan
     unit: str = ""
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [M,3] in the window's frame
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [M,3] in `frame_id`
+    form: str = ""  # the query form answered (query.FORMS), "" when none (free text)
+    value_source: str = ""  # "measured": geometry of the window; "model_estimate": a number the model wrote; ""
+    window_age_s: float = math.nan  # question time - newest frame stamp; NaN: the caller fills it in
+    frame_id: str = ""  # frame of `points`; "": the window's world frame (the node names it)
 
 
 class SpatialAnswerer(Protocol):

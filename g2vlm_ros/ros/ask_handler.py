@@ -8,6 +8,8 @@ stuck in a slow answer; a timed-out answer finishes in the background and still 
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import numpy as np
 from geometry_msgs.msg import Point
 
 from g2vlm_interfaces.srv import Ask
+from g2vlm_ros.reasoning.query import query_from_json
 from g2vlm_ros.reasoning.question import (
     Answer,
     QuestionError,
@@ -31,7 +34,9 @@ from g2vlm_ros.ros.camera_input import time_from_ns
 
 if TYPE_CHECKING:
     from g2vlm_ros.pipeline.perception import Snapshot
+    from g2vlm_ros.reasoning.robot_frame import RobotFrame
     from g2vlm_ros.ros.params import NodeConfig
+    from g2vlm_ros.ros.robot_frames import RobotFrames
 
 Feedback = Callable[[str, str], None]  # (partial answer, stage)
 
@@ -57,18 +62,21 @@ class AskSource(Protocol):
 
 def internal_error_response(request, response: Ask.Response) -> Ask.Response:
     """The service's answer when answering itself raised (the node logged and counted the error)."""
-    response.success, response.value = False, float("nan")
+    response.success, response.value, response.window_age_s = False, float("nan"), float("nan")
     response.error = "internal error while answering; the node logged it and keeps running"
     return response
 
 
 class AskHandler:
     def __init__(self, source: AskSource, config: NodeConfig, logger, answerer: Optional[SpatialAnswerer],
-                 max_concurrent: int):
+                 max_concurrent: int, now_ns: Callable[[], int] = time.time_ns):
         """`config`: the node's (map_frame, question limits, timeouts; read per question, so runtime changes
-        apply); `logger`: where answerer bugs are reported (.error)."""
+        apply); `logger`: where answerer bugs are reported (.error); `now_ns`: the node's clock (window ages)."""
         self._source, self._config, self._logger = source, config, logger
         self.answerer = answerer
+        self._now_ns = now_ns
+        # set by the node while it has TF input: target frames and "up" for the answerer (None: window frame only)
+        self.robot_frames: Optional[RobotFrames] = None
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.max_concurrent = max_concurrent
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="ask")
@@ -88,24 +96,37 @@ class AskHandler:
                is_cancelled: Optional[Callable[[], bool]] = None) -> Ask.Response:
         """Answers `request` (Ask.Request or an Ask action goal); never raises."""
         config = self._config
-        response = Ask.Response(value=float("nan"))
+        response = Ask.Response(value=float("nan"), window_age_s=float("nan"))
         snapshot = self._source.latest_snapshot()
         if snapshot is not None:
-            response.stamp = time_from_ns(max(frame.stamp_ns for frame in snapshot.window.frames))
-            # points are placed in the map with their window; a window the map did not place has no frame on TF
-            response.frame_id = config.map_frame if snapshot.placement is not None else ""
+            newest_ns = max(frame.stamp_ns for frame in snapshot.window.frames)
+            response.stamp = time_from_ns(newest_ns)
+            response.frame_id = self._home_frame(snapshot)
+        frame, up_note = None, ""
         try:
             question = check_question(request.question, config.max_question_bytes)
             cameras = check_cameras(list(request.cameras), [camera.name for camera in config.cameras])
             timeout_s = effective_timeout(float(request.timeout_s), config.ask_timeout_s)
+            target, response.form = self._requested_target(question, getattr(request, "target_frame", ""))
             if snapshot is None:
                 raise QuestionError("no perception window has been processed yet" + self._source.not_ready_reason())
             if self.answerer is None:
                 raise QuestionError(no_answerer_error())
-            answer = self._answer_within(question, cameras, snapshot, timeout_s, publish_feedback, is_cancelled)
+            frame, up_note = self._robot_frame(snapshot, target)
+            if frame is not None and not takes_frame(self.answerer):
+                if frame.window_to_target is not None:
+                    raise QuestionError(f"target_frame '{target}': the answerer {type(self.answerer).__name__} "
+                                        f"answers in {config.map_frame} only")
+                frame = None
+            in_target = frame is not None and frame.window_to_target is not None
+            response.frame_id = frame.name if in_target else self._home_frame(snapshot)
+            answer = self._answer_within(question, cameras, snapshot, timeout_s, frame, publish_feedback,
+                                         is_cancelled)
         except QuestionError as error:
             self.refused += 1
             response.success, response.error = False, str(error)
+            if frame is not None and frame.up_in_window is None and _about_up(response.error):
+                response.error += f" ({up_note})"
             return response
         except Exception as error:  # an answerer bug must not take the service down
             self._logger.error(f"/g2vlm/ask failed: {type(error).__name__}: {error}")
@@ -116,13 +137,44 @@ class AskHandler:
         response.answer, response.reasoning = answer.answer, answer.reasoning
         response.value, response.unit = float(answer.value), answer.unit
         points = np.asarray(answer.points, np.float64).reshape(-1, 3)
-        if snapshot.placement is not None and len(points):
-            points = snapshot.placement.window_to_map.apply_points(points)
+        if not in_target and snapshot.placement is not None and len(points):
+            points = snapshot.placement.window_to_map.apply_points(points)  # measured in the window, placed in the map
         response.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in points]
+        response.form = getattr(answer, "form", "") or response.form
+        response.value_source = getattr(answer, "value_source", "") or ("measured" if math.isfinite(response.value)
+                                                                        and response.form else "")
+        response.window_age_s = max(0.0, (self._now_ns() - newest_ns) * 1e-9)
         return response
 
+    def _home_frame(self, snapshot) -> str:
+        """Where answers without a target frame put their points: the map, with their window's placement; a
+        window the map did not place has no frame on TF."""
+        return self._config.map_frame if snapshot.placement is not None else ""
+
+    def _requested_target(self, question: str, requested: str) -> tuple[str, str]:
+        """(target frame, form) of a question: the request's target_frame, else a JSON query's. A JSON query that
+        does not parse is refused here with the reason; plain language is left to the answerer."""
+        requested = requested.strip()
+        if not question.startswith("{"):
+            return requested, ""
+        query = query_from_json(question)
+        if requested and query.target_frame and query.target_frame != requested:
+            raise QuestionError(f"the request's target_frame '{requested}' and the query's '{query.target_frame}' "
+                                "differ; give one of them")
+        return requested or query.target_frame or "", query.form
+
+    def _robot_frame(self, snapshot, target: str) -> tuple[Optional[RobotFrame], str]:
+        frames = self.robot_frames
+        if frames is not None:
+            return frames.frame_for(snapshot, target)
+        if target and target != self._config.map_frame:
+            raise QuestionError(f"target_frame '{target}' needs TF input, which this node does not have now "
+                                "(configure the node; TF is read through tf2_ros or tf2_msgs)")
+        return None, "no TF input"
+
     def _answer_within(self, question: str, cameras: list[str], snapshot, timeout_s: float,
-                       publish_feedback: Optional[Feedback], is_cancelled: Optional[Callable[[], bool]]) -> Answer:
+                       frame: Optional[RobotFrame], publish_feedback: Optional[Feedback],
+                       is_cancelled: Optional[Callable[[], bool]]) -> Answer:
         if not self._slots.acquire(blocking=False):
             self.busy += 1
             raise QuestionError(f"busy: {self.max_concurrent} questions are being answered "
@@ -132,6 +184,8 @@ class AskHandler:
             if getattr(self.answerer, "streams", False):  # generation streams text and stops when cancelled
                 extras = {"feedback": publish_feedback,
                           "is_cancelled": lambda: self._closing.is_set() or bool(is_cancelled and is_cancelled())}
+            if frame is not None and takes_frame(self.answerer):
+                extras["frame"] = frame
             future = self._pool.submit(self.answerer.answer, question, cameras, snapshot, timeout_s, **extras)
         except RuntimeError as error:  # the pool is shut down: the node is cleaning up
             self._slots.release()
@@ -156,3 +210,17 @@ class AskHandler:
         finally:
             if publish_feedback is not None:
                 publish_feedback("", "done")
+
+
+def takes_frame(answerer) -> bool:
+    """Whether an answerer answers in a given robot frame: its `takes_frame`, else whether answer() has `frame`."""
+    declared = getattr(answerer, "takes_frame", None)
+    if declared is not None:
+        return bool(declared)
+    return "frame" in inspect.signature(answerer.answer).parameters
+
+
+def _about_up(error: str) -> bool:
+    """A refusal for want of an up direction, to which the node adds why TF and the IMU gave none."""
+    lowered = error.lower()
+    return any(word in lowered for word in ("up direction", "floor", "gravity", " up "))

@@ -110,7 +110,7 @@ def _inference(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id:
         if foreign:
             inference.set(ERROR, "another node publishes this node's TF frame(s): " + ", ".join(
                 f"'{child}' under '{parent}'" for child, parent in sorted(foreign.items())[:5])
-                + "; set frame_prefix / world_frame to names no other node uses")
+                + "; set frame_prefix / map_frame to names no other node uses")
     inference.add("callback_errors", node.callback_errors)
     if node.last_callback_error:
         inference.add("last_callback_error", node.last_callback_error)

@@ -151,6 +151,14 @@ PARAMETERS = (
               "with a tokenizer).", read_only=False, int_range=(1, 4096)),
     ParamSpec("ask_timeout_s", 10.0, "Default /g2vlm/ask timeout when the request gives none.",
               read_only=False, float_range=(0.01, 3600.0)),
+    ParamSpec("base_frame", "base_link", "Robot body frame (REP 105). /g2vlm/ask takes the up direction from TF: "
+              "+z of odom_frame when set and in TF, else +z of this frame (a ground robot's base). Empty: only "
+              "odom_frame."),
+    ParamSpec("imu_topic", "", "sensor_msgs/Imu topic for the up direction when TF gives none: up is the direction "
+              "of the measured linear acceleration (gravity's reaction) while the robot is not accelerating much. "
+              "Empty: no IMU. Relative names resolve in the node's namespace."),
+    ParamSpec("imu_max_age_s", 0.5, "IMU messages count for a window only when stamped within this many seconds of "
+              "the window's first view.", read_only=False, float_range=(0.001, 60.0)),
     ParamSpec("out_of_memory_policy", "reduce_window", "When inference runs out of (GPU) memory: reduce_window "
               "retries with fewer keyframes and keeps that limit; skip_window drops the window.",
               read_only=False, choices=OUT_OF_MEMORY_POLICIES),
@@ -247,6 +255,9 @@ class NodeConfig:
     max_concurrent_questions: int
     max_answer_tokens: int
     ask_timeout_s: float
+    base_frame: str
+    imu_topic: str
+    imu_max_age_s: float
     out_of_memory_policy: str
     diagnostics_period_s: float
     camera_timeout_s: float

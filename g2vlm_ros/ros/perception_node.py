@@ -37,7 +37,8 @@ from g2vlm_ros.pipeline.frame import Frame
 from g2vlm_ros.pipeline.perception import PerceptionPipeline, Snapshot
 from g2vlm_ros.pipeline.postprocess import WindowOutputs
 from g2vlm_ros.reasoning.generative import GenerativeAnswerer
-from g2vlm_ros.reasoning.geometric import GeometricAnswerer
+from g2vlm_ros.reasoning.grounding import GroundingAnswerer
+from g2vlm_ros.reasoning.planner import PlannerAnswerer
 from g2vlm_ros.ros.ask_action import AskActionServer
 from g2vlm_ros.ros.ask_handler import AskHandler, internal_error_response
 from g2vlm_ros.ros.camera_input import CameraInput
@@ -54,6 +55,7 @@ from g2vlm_ros.ros.params import (
     make_set_parameters_callback,
     pipeline_settings,
 )
+from g2vlm_ros.ros.robot_frame_input import RobotFrameInput
 from g2vlm_ros.ros.scale_input import ScaleInput, scale_message
 from g2vlm_ros.ros.sim_clock import SimClockWatch
 from g2vlm_ros.ros.spin import CallbackGuard, EntityGate, LogThrottle, end_process, spin_and_tear_down
@@ -102,6 +104,7 @@ class PerceptionNode(LifecycleNode):
         self.scale_input: Optional[ScaleInput] = None
         self.scale_publisher = None
         self.tf_input: Optional[TfInput] = None
+        self.robot_frame_input: Optional[RobotFrameInput] = None
 
         self.output_qos = QoSProfile(depth=5)
         if self.config.output_qos == "best_effort":
@@ -111,8 +114,9 @@ class PerceptionNode(LifecycleNode):
         if self.config.publish_tf and not self.tf_output.active:
             self.get_logger().warning(f"TF output {self.tf_output.mode}")
         # questions run beside perception: their own callback group, their own answer threads
-        self.ask_handler = AskHandler(self, self.config, self.get_logger(), GeometricAnswerer(),
-                                      self.config.max_concurrent_questions)
+        self.ask_handler = AskHandler(self, self.config, self.get_logger(), PlannerAnswerer(),
+                                      self.config.max_concurrent_questions,
+                                      now_ns=lambda: self.get_clock().now().nanoseconds)
         ask_group = ReentrantCallbackGroup()
         # a deep request queue: a burst of questions must reach the node and get an answer or a "busy"
         # reply; with the default depth of 10 DDS silently drops the excess and clients wait forever
@@ -181,10 +185,12 @@ class PerceptionNode(LifecycleNode):
         """Creates TF input, publishers and the scale input; returns why configure must fail, or ''."""
         config = self.config
         with self.entity_gate.changing_entities():
-            # TF is read for metric scale and motion keyframes, and whenever TF is written: to check that no frame
-            # the node writes already belongs to someone else's tree
-            if config.scale_source in ("tf", "rig") or config.odom_frame or self.tf_output.active:
-                self.tf_input = TfInput(self, callback_group=self._inputs_group)
+            # TF is read for metric scale and motion keyframes, to check that no frame the node writes already
+            # belongs to someone else's tree, and for answers in the robot's frames (target_frame, up)
+            self.tf_input = TfInput(self, callback_group=self._inputs_group)
+            self.robot_frame_input = RobotFrameInput(self, config, self.tf_input, self.input_qos,
+                                                     callback_group=self._inputs_group)
+            self.ask_handler.robot_frames = self.robot_frame_input.frames
         needs_tf = config.scale_source in ("tf", "rig") or bool(config.odom_frame)
         if needs_tf and not self.tf_input.available:
             return f"scale_source '{config.scale_source}' / odom_frame need TF input: {self.tf_input.mode}"
@@ -268,7 +274,7 @@ class PerceptionNode(LifecycleNode):
         with self._transition_lock:
             self.backend_error = "cleaned up (configure to load the model again)"  # before questions see no model
             self._release()
-            self.ask_handler.answerer = GeometricAnswerer()  # drops the model reference of a generative answerer
+            self.ask_handler.answerer = PlannerAnswerer()  # drops the model reference of a generative answerer
             self.state_label = "unconfigured"
             self.get_logger().info("cleaned up: model and GPU memory released")
             return SUCCESS
@@ -310,6 +316,10 @@ class PerceptionNode(LifecycleNode):
             if self.scale_publisher is not None:
                 self.destroy_lifecycle_publisher(self.scale_publisher)
                 self.scale_publisher = None
+            self.ask_handler.robot_frames = None
+            if self.robot_frame_input is not None:
+                self.robot_frame_input.destroy()
+                self.robot_frame_input = None
             if self.tf_input is not None:
                 self.tf_input.destroy()
                 self.tf_input = None
@@ -319,9 +329,10 @@ class PerceptionNode(LifecycleNode):
         model, service = getattr(backend, "model", None), f"{self.get_fully_qualified_name()}/ask"
         if model is None or getattr(model, "tokenizer", None) is None:
             self.get_logger().info(f"{service}: geometric answerer (documented question forms)")
-            return GeometricAnswerer()
-        self.get_logger().info(f"{service}: G2VLM's semantic expert, grounded in measured geometry")
-        return GenerativeAnswerer(model, self.config.max_answer_tokens)
+            return PlannerAnswerer()
+        self.get_logger().info(f"{service}: G2VLM's semantic expert, grounded in measured geometry; objects "
+                               "located by it and measured")
+        return GroundingAnswerer(GenerativeAnswerer(model, self.config.max_answer_tokens), PlannerAnswerer())
 
     def autostart(self) -> None:
         """configure + activate, as `autostart: true` asks; failures are logged and leave the node up."""
@@ -334,9 +345,11 @@ class PerceptionNode(LifecycleNode):
 
     def _on_parameters_changed(self) -> None:
         self.pipeline.update(pipeline_settings(self.config))
+        if self.robot_frame_input is not None:
+            self.robot_frame_input.frames.imu_max_age_s = self.config.imu_max_age_s
         answerer = self.ask_handler.answerer
-        if isinstance(answerer, GenerativeAnswerer):
-            answerer.max_new_tokens = self.config.max_answer_tokens
+        if isinstance(answerer, GroundingAnswerer):
+            answerer.generator.max_new_tokens = self.config.max_answer_tokens
 
     def _first_camera_motion(self, previous: list[Frame], candidate: list[Frame]) -> Optional[tuple[float, float]]:
         tf_input = self.tf_input
