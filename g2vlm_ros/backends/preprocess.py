@@ -7,7 +7,9 @@ sharp edges (test_backends.py bounds it). It saves the host resize and a float u
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -25,14 +27,42 @@ def prepare_images(images: Sequence[np.ndarray], device: torch.device) -> tuple[
     return batch, colors
 
 
+class PinnedStaging:
+    """A page-locked host buffer per frame-batch shape, reused across windows: frames are stacked
+    into it and go to the device in one asynchronous copy (a pageable upload is staged and
+    synchronous per frame). Before the buffer is refilled, the previous copy out of it must be done."""
+
+    def __init__(self):
+        self.buffer: Optional[torch.Tensor] = None
+        self.copied: Optional[torch.cuda.Event] = None
+
+    def upload(self, images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+        shape = (len(images), *images[0].shape)
+        if self.buffer is None or tuple(self.buffer.shape) != shape:
+            self.buffer, self.copied = torch.empty(shape, dtype=torch.uint8, pin_memory=True), None
+        if self.copied is not None:
+            self.copied.synchronize()
+        np.stack(images, out=self.buffer.numpy())
+        frames = self.buffer.to(device, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record(torch.cuda.current_stream(device))
+        return frames
+
+
+_STAGING = threading.local()  # one staging buffer per thread (each backend worker has its own)
+
+
 def resize_on_device(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-    """The official sizes, resampled by torch on `device` (antialiased bicubic instead of Lanczos)."""
+    """The official sizes, resampled by torch on `device` (antialiased bicubic instead of Lanczos).
+    Frames of one size (a window) go up in one copy and are resized as one batch."""
     width, height = target_size(images[0].shape[1], images[0].shape[0])
     height, width = height // PATCH_SIZE * PATCH_SIZE, width // PATCH_SIZE * PATCH_SIZE
-    resized = []
-    for image in images:
-        writable = image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C")
-        frame = torch.from_numpy(writable).to(device, non_blocking=True)
-        frame = frame.permute(2, 0, 1)[None].float() / 255.0
-        resized.append(F.interpolate(frame, (height, width), mode="bicubic", align_corners=False, antialias=True))
+    if device.type == "cuda" and len({image.shape for image in images}) == 1:
+        if not hasattr(_STAGING, "staging"):
+            _STAGING.staging = PinnedStaging()
+        batches = [_STAGING.staging.upload(images, device)]
+    else:
+        batches = [torch.from_numpy(np.ascontiguousarray(image))[None].to(device) for image in images]
+    resized = [F.interpolate(frames.permute(0, 3, 1, 2).float() / 255.0, (height, width), mode="bicubic",
+                             align_corners=False, antialias=True) for frames in batches]
     return torch.cat(resized).clamp_(0.0, 1.0)

@@ -32,17 +32,16 @@ CAMERA_W, CAMERA_H = 640, 480
 
 
 def node_postprocess(result, stride: int = 2) -> int:
-    """What the node does with a result, minus message packing; returns the cloud size."""
-    total = 0
-    for index in range(result.num_views):
-        depth = resize_nearest(result.depth[index], CAMERA_W, CAMERA_H).cpu().numpy()
-        points = result.world_points[index, ::stride, ::stride].reshape(-1, 3)
-        keep = torch.isfinite(points).all(dim=1)
-        cloud = points[keep].cpu().numpy()
-        colors = result.colors[index, ::stride, ::stride].reshape(-1, 3)[keep].cpu().numpy()
-        total += len(cloud) + len(colors) + depth.size
+    """What the node does with a result, minus message packing: every view's depth resampled to the
+    camera size, its finite strided points with their colours, the poses; on the host. All views
+    at once (one copy per output, one wait for the point selection). Returns the element count."""
+    depth = resize_nearest(result.depth.permute(1, 2, 0), CAMERA_W, CAMERA_H).permute(2, 0, 1)
+    points = result.world_points[:, ::stride, ::stride].reshape(-1, 3)
+    keep = torch.isfinite(points).all(dim=1).nonzero()[:, 0]
+    colors = result.colors[:, ::stride, ::stride].reshape(-1, 3).index_select(0, keep)
+    cloud, colors, depth = points.index_select(0, keep).cpu().numpy(), colors.cpu().numpy(), depth.cpu().numpy()
     result.camera_to_world.cpu()
-    return total
+    return len(cloud) + len(colors) + depth.size
 
 
 def geometry_flops(model, views: int, prompt: list[int], special: dict[str, int]) -> float:

@@ -52,5 +52,5 @@ def solve_intrinsics(local_points: torch.Tensor, weights: Optional[torch.Tensor]
     intrinsics[:, 1, 1], intrinsics[:, 1, 2] = fy, cy
     intrinsics[:, 2, 2] = 1.0
     too_few = valid.sum((1, 2)) < 2
-    intrinsics[too_few] = float("nan")
-    return intrinsics
+    # where, not a masked assignment: that one waits for the device to count the masked views
+    return torch.where(too_few[:, None, None], float("nan"), intrinsics)

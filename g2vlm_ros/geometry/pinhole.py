@@ -57,11 +57,15 @@ def resize_nearest(image, width: int, height: int):
     blending a foreground and a background depth invents a surface that does not exist.
     """
     src_h, src_w = image.shape[:2]
-    rows = np.minimum(((np.arange(height) + 0.5) * src_h / height).astype(np.int64), src_h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * src_w / width).astype(np.int64), src_w - 1)
     if isinstance(image, np.ndarray):
+        rows = np.minimum(((np.arange(height) + 0.5) * src_h / height).astype(np.int64), src_h - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * src_w / width).astype(np.int64), src_w - 1)
         return image[rows[:, None], cols[None, :]]
     import torch  # only tensor callers pay for the import
 
-    rows_t, cols_t = (torch.from_numpy(i).to(image.device) for i in (rows, cols))
-    return image.index_select(0, rows_t).index_select(1, cols_t)
+    def indices(count: int, source: int) -> torch.Tensor:
+        # the same float64 arithmetic as the numpy branch, made on the tensor's device (no upload)
+        scaled = (torch.arange(count, dtype=torch.float64, device=image.device) + 0.5) * source / count
+        return scaled.long().clamp_(max=source - 1)
+
+    return image.index_select(0, indices(height, src_h)).index_select(1, indices(width, src_w))

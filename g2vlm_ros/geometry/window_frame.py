@@ -24,7 +24,8 @@ AGREEMENT_SCALE = 0.1
 def anchor_to_first_camera(camera_to_world: torch.Tensor,
                            world_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """camera_to_world [N,4,4], world_points [N,H,W,3] -> both expressed in the first camera's frame."""
-    first_inverse = torch.linalg.inv(camera_to_world[:1].double()).float()
+    # a 4x4 inverse on the host: on a GPU it is a solver launch plus an error check that waits
+    first_inverse = torch.linalg.inv(camera_to_world[:1].double().cpu()).float().to(camera_to_world.device)
     anchored = first_inverse @ camera_to_world
     rotation, translation = first_inverse[0, :3, :3], first_inverse[0, :3, 3]
     return anchored, world_points @ rotation.T + translation

@@ -6,9 +6,11 @@ although it only has to read the semantic expert's weights once. Here the cache 
 preallocated buffers ([kv_heads, capacity, head_dim] per layer); a step writes its key and value
 at slot `length` and attends over the whole buffer with the slots past it masked out, so every
 step has the same shapes and addresses and is captured once as a CUDA graph. The step computes
-what `append_text([token])` computes (same projections, norms and rotary angles; the attention
-of one query row as two batched matrix products around a softmax, where the fused attention
-kernels would parallelise poorly), with about 14 kernels per layer.
+what `append_text([token])` computes (same projections, norms and rotary angles). On CUDA the
+attention of the one query row is a split-over-the-cache Triton kernel and its merge
+(`kernels.decode_attention`: PyTorch's fused attention kernels parallelise poorly over one query,
+and a masked softmax over the whole buffer cost more than the matrix products); elsewhere two
+batched matrix products around a softmax. About 11 kernels per layer.
 """
 from __future__ import annotations
 
@@ -61,19 +63,38 @@ class StaticDecoder:
         text = self.model.config.text
         hidden = language.model.embed_tokens(self.token)  # [1, C]
         cos, sin = mrope_cos_sin(self.position.expand(3, 1), text.head_dim, text.rope_theta)
-        # additive mask over the slots: this token sees the cache and itself
-        bias = torch.zeros(1, 1, self.capacity, device=hidden.device, dtype=hidden.dtype)
-        bias.masked_fill_(self.slots > self.slot, float("-inf"))
-        for layer, keys, values in zip(language.model.layers, self.keys, self.values, strict=True):
+        fused_attention = kernels.decode_attention_available(hidden, text.head_dim)
+        if not fused_attention:  # additive mask over the slots: this token sees the cache and itself
+            bias = torch.zeros(1, 1, self.capacity, device=hidden.device, dtype=hidden.dtype)
+            bias.masked_fill_(self.slots > self.slot, float("-inf"))
+        # on CUDA each residual add is fused with the norm that follows it (`kernels.add_rms_norm`)
+        fused_norms = kernels.available(hidden)
+        layer_input = language.model.layers[0].input_layernorm(hidden) if fused_norms else None
+        for index, (layer, keys, values) in enumerate(zip(language.model.layers, self.keys, self.values,
+                                                          strict=True)):
             attention = layer.self_attn
-            q = self._project(attention, layer.input_layernorm(hidden), cos, sin, keys, values)
-            # GQA without copies: the query heads of one key/value head are its query rows
-            folded = q.reshape(attention.kv_heads, -1, attention.head_dim)
-            scores = torch.baddbmm(bias, folded, keys.transpose(1, 2), alpha=attention.head_dim ** -0.5)
-            out = torch.bmm(torch.softmax(scores, dim=-1), values)
-            hidden = hidden + attention.o_proj(out.reshape(1, attention.heads * attention.head_dim))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        logits = language.lm_head(language.model.norm(hidden)[0]).float()
+            if not fused_norms:
+                layer_input = layer.input_layernorm(hidden)
+            q = self._project(attention, layer_input, cos, sin, keys, values)
+            if fused_attention:  # two kernels instead of a mask copy, two batched products and a softmax
+                out = kernels.decode_attention(q, keys, values, self.slot, attention.head_dim ** -0.5)
+            else:
+                # GQA without copies: the query heads of one key/value head are its query rows
+                folded = q.reshape(attention.kv_heads, -1, attention.head_dim)
+                scores = torch.baddbmm(bias, folded, keys.transpose(1, 2), alpha=attention.head_dim ** -0.5)
+                out = torch.bmm(torch.softmax(scores, dim=-1), values)
+            attended = attention.o_proj(out.reshape(1, attention.heads * attention.head_dim))
+            if not fused_norms:
+                hidden = hidden + attended
+                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+                continue
+            post = layer.post_attention_layernorm
+            normed = kernels.add_rms_norm(hidden, attended, post.weight, post.eps)
+            following = (language.model.layers[index + 1].input_layernorm if index + 1 < len(language.model.layers)
+                         else language.model.norm)
+            layer_input = kernels.add_rms_norm(hidden, layer.mlp(normed), following.weight, following.eps)
+        final = layer_input if fused_norms else language.model.norm(hidden)
+        logits = language.lm_head(final[0]).float()
         self.slot.add_(1)
         self.position.add_(1)
         return logits
