@@ -38,7 +38,7 @@ def handler_with(answerer, metric: bool = True, now_s: float = 2.25):
 
     frame = SimpleNamespace(stamp_ns=STAMP_NS, camera="front", frame_id="cam_optical")
     scale = SimpleNamespace(valid=metric, status="" if metric else "not enough motion")
-    snapshot = SimpleNamespace(window=SimpleNamespace(frames=[frame]), scale=scale)
+    snapshot = SimpleNamespace(window=SimpleNamespace(frames=[frame]), scale=scale, placement=None)
     config = NodeConfig.from_values([CameraConfig("front", "front/image_raw", "", "raw", "")],
                                     {spec.name: spec.default for spec in PARAMETERS})
     config.odom_frame = "odom"
@@ -87,6 +87,7 @@ def test_target_frames_are_refused_without_metric_scale_or_tf():
     refused = no_tf.handle(Ask.Request(question="depth at (1, 1)", target_frame="base_link"))
     assert not refused.success and "TF input" in refused.error
     plain = no_tf.handle(Ask.Request(question="depth at (1, 1)"))  # the window's own frame needs no TF
-    assert plain.success and plain.frame_id == "g2vlm_world"
+    # a window that the map did not place (none here) has no frame on TF: the answer names none
+    assert plain.success and plain.frame_id == ""
     for each in (handler, no_tf):
         each.shutdown()

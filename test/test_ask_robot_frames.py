@@ -18,6 +18,7 @@ from test_scale_sources import PLANE_DEPTH_M, SCENE_BACKEND, TRUE_SCALE, scene_e
 CAMERA = f"c0_{uuid.uuid4().hex[:6]}"
 FOCAL_PX, WIDTH, HEIGHT = 50.0, 64, 48  # as in test/fixtures/synthetic_scene.py
 PIXEL = (10.0, 40.0)
+SPEED_M = 0.01  # per frame
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,11 @@ def asked(start_module_node, start_module_robot, tf2_msgs_env):
     from conftest import RosClient
 
     client = RosClient()
+    # the scene's geometry and the robot's odometry move alike: windows span several frames
     start_module_node(backend=SCENE_BACKEND, cameras=[CAMERA], scale_source="fixed", fixed_scale=TRUE_SCALE,
-                      odom_frame="odom", extra_env=scene_env(tf2_msgs_env))
+                      odom_frame="odom", extra_env=scene_env(tf2_msgs_env, speed_m=SPEED_M))
     depth = client.collect(Image, f"/g2vlm/{CAMERA}/depth")
-    start_module_robot(cameras=[CAMERA], rate_hz=10.0, speed_m=0.01)
+    start_module_robot(cameras=[CAMERA], rate_hz=10.0, speed_m=SPEED_M)
     wait_until(lambda: depth, 30, "no metric window")
 
     def ask(question: str, target_frame: str = "") -> Ask.Response:

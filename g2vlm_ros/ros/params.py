@@ -86,8 +86,9 @@ PARAMETERS = (
     ParamSpec("odom_frame", "", "The robot's odometry frame (e.g. odom): camera positions for scale_source tf "
               "and motion keyframes are looked up in it, and with base_frame the node broadcasts map_frame -> "
               "odom_frame (REP 105). Empty: not used."),
-    ParamSpec("base_frame", "base_link", "The robot's base frame: with odom_frame and a metric map, ~/odom "
-              "gives its pose and map_frame -> odom_frame = map_T_base * inverse(odom_T_base) is broadcast."),
+    ParamSpec("base_frame", "base_link", "The robot's base frame (REP 105): with odom_frame and a metric map, "
+              "~/odom gives its pose and map_frame -> odom_frame = map_T_base * inverse(odom_T_base) is broadcast; "
+              "/g2vlm/ask takes up from +z of odom_frame when set and in TF, else +z of this frame. Empty: neither."),
     ParamSpec("publish_tf", True, "Broadcast map_frame -> odom_frame when the robot's odometry is known, else "
               "map_frame -> <frame_prefix><camera>_optical for every camera, on /tf."),
     ParamSpec("window_size", 4, "Keyframes per camera in one inference window (the newest frame always "
@@ -151,9 +152,6 @@ PARAMETERS = (
               "with a tokenizer).", read_only=False, int_range=(1, 4096)),
     ParamSpec("ask_timeout_s", 10.0, "Default /g2vlm/ask timeout when the request gives none.",
               read_only=False, float_range=(0.01, 3600.0)),
-    ParamSpec("base_frame", "base_link", "Robot body frame (REP 105). /g2vlm/ask takes the up direction from TF: "
-              "+z of odom_frame when set and in TF, else +z of this frame (a ground robot's base). Empty: only "
-              "odom_frame."),
     ParamSpec("imu_topic", "", "sensor_msgs/Imu topic for the up direction when TF gives none: up is the direction "
               "of the measured linear acceleration (gravity's reaction) while the robot is not accelerating much. "
               "Empty: no IMU. Relative names resolve in the node's namespace."),
@@ -255,7 +253,6 @@ class NodeConfig:
     max_concurrent_questions: int
     max_answer_tokens: int
     ask_timeout_s: float
-    base_frame: str
     imu_topic: str
     imu_max_age_s: float
     out_of_memory_policy: str
