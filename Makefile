@@ -8,8 +8,9 @@ SETUP_INPUTS := scripts/setup_env.sh scripts/ament_install.py setup.py setup.cfg
 		g2vlm_interfaces/action/* launch/* config/*)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
-# files run on two workers (test/conftest.py orders them longest first); TEST_WORKERS=0 runs them in one process
-TEST_WORKERS ?= 2
+# test files run on three workers, longest first (test/conftest.py): most node-process tests wait on DDS and the
+# node's threads, so a third worker fills idle time even on two cores. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 3
 
 .PHONY: setup demo test clean
 

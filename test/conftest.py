@@ -42,14 +42,15 @@ os.environ["PYTHONUNBUFFERED"] = "1"
 os.environ["PYTHONFAULTHANDLER"] = "1"  # a node that crashes prints every thread's Python stack
 
 
-# `make test` runs the files on parallel workers (pytest -n 2 --dist loadfile --no-loadscope-reorder), which take
+# `make test` runs the files on parallel workers (pytest -n 3 --dist loadfile --no-loadscope-reorder), which take
 # files in collection order: the longest files go first, so that no worker is left running a long one alone at the
 # end. Ranked by measured serial duration; the other files keep their usual order after them.
 LONGEST_FILES_FIRST = (
-    "test_runtime_robustness.py", "test_play.py", "test_faults.py", "test_service_abuse.py", "test_soak_script.py",
-    "test_backends.py", "test_export.py", "test_demo_model.py", "test_health_process.py", "test_demo.py",
-    "test_scale_sources.py", "test_ask_process.py", "test_node_process.py", "test_install.py", "test_bad_input.py",
-    "test_training_run.py", "test_lifecycle.py", "test_overload.py", "test_loop_closure.py", "test_ask_namespace.py",
+    "test_runtime_robustness.py", "test_faults.py", "test_node_process.py", "test_play.py", "test_health_process.py",
+    "test_service_abuse.py", "test_demo_model.py", "test_bad_input.py", "test_export.py", "test_backends.py",
+    "test_scale_sources.py", "test_soak_script.py", "test_install.py", "test_demo.py", "test_ask_process.py",
+    "test_ask_generation.py", "test_mapping_memory.py", "test_engines.py", "test_lifecycle.py", "test_map_node.py",
+    "test_loop_closure.py", "test_ask_namespace.py", "test_overload.py", "test_inference_health.py",
 )
 
 

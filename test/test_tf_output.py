@@ -10,6 +10,7 @@ import sys
 import uuid
 
 import pytest
+from geometry_msgs.msg import PoseStamped
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
@@ -24,8 +25,10 @@ node = rclpy.create_node('tf_listener')
 def on_tf(msg):
     for t in msg.transforms:
         if t.child_frame_id == sys.argv[1]:
-            print(json.dumps({'parent': t.header.frame_id, 'child': t.child_frame_id, 'sec': t.header.stamp.sec,
-                              'x': t.transform.translation.x, 'qw': t.transform.rotation.w}), flush=True)
+            stamp = t.header.stamp
+            print(json.dumps({'parent': t.header.frame_id, 'child': t.child_frame_id, 'sec': stamp.sec,
+                              'nanosec': stamp.nanosec, 'x': t.transform.translation.x,
+                              'qw': t.transform.rotation.w}), flush=True)
             raise SystemExit(0)
 node.create_subscription(TFMessage, '/tf', on_tf, 100)
 print('listening', flush=True)
@@ -42,6 +45,7 @@ def test_transforms_reach_tf_with_world_parent_camera_child_and_source_stamp(sta
                                 stderr=subprocess.STDOUT, text=True)
     try:
         assert listener.stdout.readline().strip() == "listening"
+        poses = ros_client.collect(PoseStamped, f"/g2vlm/{camera}b/pose")
         pubs = [ros_client.node.create_publisher(Image, f"/{name}/image_raw", qos_profile_sensor_data)
                 for name in (camera, f"{camera}b")]
 
@@ -55,4 +59,9 @@ def test_transforms_reach_tf_with_world_parent_camera_child_and_source_stamp(sta
         listener.kill()
     assert transform["parent"] == "g2vlm_map" and transform["child"] == f"g2vlm/{camera}b_optical"
     assert transform["sec"] > 0
-    assert transform["x"] == pytest.approx(0.1) and transform["qw"] == pytest.approx(1.0)  # second view of the pattern
+    # the camera's predicted pose in the map, as published on its pose topic for the same image (the placeholder's
+    # pattern only translates: every view is level)
+    stamp = (transform["sec"], transform["nanosec"])
+    same = wait_until(lambda: [p for p in poses if (p.header.stamp.sec, p.header.stamp.nanosec) == stamp], 10,
+                      "no pose message for the transform's image")
+    assert transform["x"] == pytest.approx(same[0].pose.position.x) and transform["qw"] == pytest.approx(1.0)
