@@ -14,8 +14,9 @@ from g2vlm_ros.mapping.world_map import MapSettings, WorldMap
 def test_thousands_of_keyframes_keep_loop_data_pixels_and_cloud_within_their_budgets():
     keyframes, laps, budget = 1500, 30, 120  # 50 keyframes a lap: the budget holds the last 2.4 laps
     sequence = synthetic_sequence(ellipse_walk(keyframes, turns=laps), window_size=2, grid=(6, 8), seed=30)
+    # culling off: every lap's keyframes are kept, as on new ground (the next test covers culling)
     settings = MapSettings(max_loop_keyframes=budget, max_points=3000, voxel_size=0.0, min_shared_points=20,
-                           alignment_memory_windows=2)
+                           alignment_memory_windows=2, min_keyframe_translation=0.0, min_keyframe_rotation_deg=0.0)
     world = WorldMap(settings)
     peaks = dict(loop=0, alignment=0, cloud=0)
     requests = 0
@@ -38,6 +39,30 @@ def test_thousands_of_keyframes_keep_loop_data_pixels_and_cloud_within_their_bud
     assert peaks["cloud"] <= settings.max_points and stats.evicted_keyframes > keyframes - 100
     assert len(world.cloud()[0]) <= settings.max_points
     assert requests > laps  # revisits were found all along, among the keyframes within the budget
+
+
+def test_keyframes_grow_with_ground_covered_not_with_time():
+    """Default culling: 20 laps of the same ellipse keep about one lap of keyframes, a camera standing still for
+    300 windows keeps its first window's, and every view is still placed exactly (perfect geometry)."""
+    per_lap, laps = 40, 20
+    sequence = synthetic_sequence(ellipse_walk(per_lap * laps, turns=laps), window_size=3, grid=(6, 8), seed=31)
+    world = WorldMap(MapSettings(min_shared_points=20, loop_closure=False))
+    errors = []
+    for views, stamp in zip(sequence.windows, sequence.stamps, strict=True):
+        placement = world.add_window(views, stamp)
+        errors += [np.abs(pose[:3, 3] - sequence.map_truth[view.key][:3, 3]).max()
+                   for view, pose in zip(views, placement.camera_to_map, strict=True)]
+    stats = world.stats()
+    assert per_lap <= stats.keyframes <= 2 * per_lap, stats  # the first lap, then (almost) nothing new
+    assert stats.redundant_sets > (laps - 2) * per_lap and stats.segments == 1
+    # demoted keyframes are placed like any view: exact up to the robust fit's stopping tolerance (1e-7 relative a
+    # window), which 760 windows chained on plain views add up to micrometres
+    assert max(errors) < 1e-5
+    standing = synthetic_sequence(np.repeat(ellipse_walk(4)[:1], 300, axis=0), window_size=3, grid=(6, 8), seed=32)
+    still = WorldMap(MapSettings(min_shared_points=20, loop_closure=False))
+    for views, stamp in zip(standing.windows, standing.stamps, strict=True):
+        assert still.add_window(views, stamp).status in ("initialized", "chained")
+    assert still.stats().keyframes == 1 and still.stats().edges == 0
 
 
 def _place_descriptor(key, per_lap: int) -> np.ndarray:

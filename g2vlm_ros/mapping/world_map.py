@@ -35,6 +35,8 @@ import numpy as np
 from g2vlm_ros.mapping import chaining
 from g2vlm_ros.mapping.alignment import Sim3
 from g2vlm_ros.mapping.chaining import Anchor
+from g2vlm_ros.mapping.keyframe_culling import KeyframeCulling
+from g2vlm_ros.mapping.keyframe_culling import validate as validate_culling
 from g2vlm_ros.mapping.loop_closure import LoopSettings, LoopVerification
 from g2vlm_ros.mapping.map_cloud import MapCloud
 from g2vlm_ros.mapping.map_loops import LoopRequest, MapLoops
@@ -79,6 +81,10 @@ class MapSettings:
     # add new keyframes of the same places, so loops keep closing against the most recent passes.
     max_loop_keyframes: int = 1000
     loop_settings: LoopSettings = LoopSettings()  # candidate search and verification thresholds (loop_closure.py)
+    # a new keyframe closer than this to one the map keeps (same camera; translation as a fraction of the scene's
+    # median depth, and rotation) is placed but not kept: memory grows with ground covered (keyframe_culling.py)
+    min_keyframe_translation: float = 0.05
+    min_keyframe_rotation_deg: float = 5.0
 
     def validate(self) -> None:
         positive = ("max_points", "min_shared_points", "max_alignment_points", "alignment_memory_windows",
@@ -90,6 +96,7 @@ class MapSettings:
                 raise ValueError(f"MapSettings.{name} must be positive, got {value!r}")
         if not np.isfinite(self.voxel_size) or self.voxel_size < 0:
             raise ValueError(f"MapSettings.voxel_size must be >= 0, got {self.voxel_size!r}")
+        validate_culling(self.min_keyframe_translation, self.min_keyframe_rotation_deg)
         if not 0.0 <= self.cloud_min_confidence <= 1.0:
             raise ValueError(f"MapSettings.cloud_min_confidence must be in [0, 1], got {self.cloud_min_confidence!r}")
 
@@ -121,6 +128,7 @@ class MapStats:
     alignment_keyframes: int  # keyframes that keep their full pixels for alignment (recent windows only)
     cloud_points: int  # points stored for the map cloud (<= MapSettings.max_points)
     evicted_keyframes: int  # keyframes whose points left the cloud under the memory bound
+    redundant_sets: int  # new keyframe sets placed but not kept: too close to a kept keyframe (keyframe_culling.py)
     last_status: str
     scale_ratio: float  # newest window: map units per window unit (metric: the free scale of its fit)
     # the model's unit change per window: the newest chained window's unit relative to the previous window's
@@ -156,12 +164,14 @@ class WorldMap:
         self._graph = KeyframePoseGraph(similarity=not metric)
         self._cloud = MapCloud(settings.voxel_size, settings.max_points)
         self._loops = MapLoops(settings.loop_settings, settings.max_loop_keyframes) if settings.loop_closure else None
+        self._culling = KeyframeCulling(settings.min_keyframe_translation, settings.min_keyframe_rotation_deg)
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
             self._graph.reset()
             self._cloud.clear()
+            self._culling.reset()
             if self._loops is not None:
                 self._loops.reset()
             self._loops_since_window = 0
@@ -214,6 +224,9 @@ class WorldMap:
                 self._segments += 1
         self._record_scale(status, scale_ratio, residual)
         self._last_status = status
+        if status != "reinitialized":  # a guessed placement says nothing about where the keyframe is
+            views = self._culling.select(views, set(self._keyframes), window_to_map,
+                                         chaining.median_depth(views, window_to_map.scale), self._windows)
         nodes, new_nodes = self._add_keyframes(views, window_to_map)
         units = self._stored_units(views, nodes, new_nodes, window_to_map.scale, view_scales)
         self._add_edges(views, nodes, new_nodes, units, status)
@@ -399,6 +412,7 @@ class WorldMap:
                 loop_keyframes=self._loops.keyframes if self._loops else 0,
                 alignment_keyframes=sum(keyframe.anchor is not None for keyframe in self._keyframes.values()),
                 cloud_points=self._cloud.stored_points, evicted_keyframes=self._cloud.evicted_keyframes,
+                redundant_sets=self._culling.demoted_total,
                 last_status=self._last_status, scale_ratio=self._scale_ratio, scale_change=self._scale_change,
                 cumulative_scale_drift=drift,
                 median_scale_change=float(np.median(changes)) if changes else 0.0, residual=self._residual,
