@@ -35,3 +35,11 @@ def test_the_demo_reports_rates_latency_and_an_answer_and_writes_previews(tmp_pa
     vertices = int(re.search(rb"element vertex (\d+)", ply).group(1))
     assert vertices > 50_000  # a 4-view window at stride 2
     assert (tmp_path / "confidence.png").is_file()
+    # the map: keyframes chained into one frame, scored against the synthetic walk's truth and drawn with it
+    points, keyframes = (int(n) for n in re.search(r"map: (\d+) points, (\d+) keyframes", report).groups())
+    assert points > 1000 and keyframes >= 3, report
+    assert re.search(r"ATE \d+\.\d+ m; a camera that never moved: \d+\.\d+ m", report), report
+    picture = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"))[:-CAPTION_HEIGHT].astype(int)
+    green = (picture[..., 1] > 120) & (picture[..., 0] < 60) & (picture[..., 2] < 100)  # the true path
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 60) & (picture[..., 2] < 60)  # the estimated one
+    assert green.sum() > 50 and red.sum() > 50

@@ -30,6 +30,9 @@ from typing import Optional
 
 import numpy as np
 
+from g2vlm_ros.cli.demo_map import InputLog, SyntheticTruth, pose_matrix, write_map_report
+from g2vlm_ros.playback.frames import SYNTHETIC_SEED
+
 CAMERA = "camera"
 QUESTION = "How much free space is straight ahead of the camera?"  # a form the geometric answerer grounds
 FIRST_OUTPUT_TIMEOUT_S = 240.0  # model load plus the first window on a slow 2-core machine
@@ -82,7 +85,7 @@ def camera_source(source: str) -> CameraSource:
 class Monitor:
     """Counts messages per output and keeps the recent ones by stamp."""
 
-    def __init__(self, node, camera: CameraSource):
+    def __init__(self, node, camera: CameraSource, inputs=None):
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseArray
         from nav_msgs.msg import Path as PathMsg
@@ -94,6 +97,7 @@ class Monitor:
         self.recent: dict[str, OrderedDict] = {}
         self.latency_ms: list[float] = []
         self.diagnostics: dict[str, object] = {}
+        self.inputs = inputs  # demo_map.InputLog: which image each stamp was, to find keyframes' true poses
         self.topics = {
             "input": (CompressedImage if camera.transport == "compressed" else Image, camera.image_topic),
             "depth": (Image, f"/g2vlm/{CAMERA}/depth"),
@@ -102,6 +106,7 @@ class Monitor:
             "points": (PointCloud2, "/g2vlm/points"),
             "poses": (PoseArray, "/g2vlm/poses"),
             "path": (PathMsg, "/g2vlm/path"),
+            "map": (PointCloud2, "/g2vlm/map"),
         }
         for key, (message_type, topic) in self.topics.items():
             node.create_subscription(message_type, topic, lambda msg, k=key: self._on(k, msg), 10)
@@ -109,6 +114,8 @@ class Monitor:
 
     def _on(self, key: str, msg) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if key == "input" and self.inputs is not None:
+            self.inputs.record(stamp, camera_rgb(msg))
         with self.lock:
             self.arrivals.setdefault(key, []).append(time.monotonic())
             kept = self.recent.setdefault(key, OrderedDict())
@@ -219,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     client = rclpy.create_node("g2vlm_demo_monitor")
     executor = SingleThreadedExecutor()
     executor.add_node(client)
-    monitor = Monitor(client, camera)
+    inputs = InputLog()
+    monitor = Monitor(client, camera, inputs)
     started = time.monotonic()
     try:
         print("waiting for the node's first outputs (model load and first window) ...", flush=True)
@@ -256,6 +264,11 @@ def run(args: argparse.Namespace) -> int:
             log.close()
 
     report(args, monitor, rates, response)
+    truth = SyntheticTruth(SYNTHETIC_SEED) if args.source == "synthetic" else None
+    unit = "m" if monitor.count("depth") else "relative"
+    for line in write_map_report(monitor.newest("path")[1], monitor.newest("map")[1], inputs, truth, unit,
+                                 args.output):
+        print(line, flush=True)
     written = write_previews(monitor, args.output)
     print("  previews:\n" + "\n".join(f"    {path}" for path in written), flush=True)
     return 0
@@ -329,27 +342,20 @@ def write_previews(monitor: Monitor, output: Path) -> list[Path]:
                                                    f"camera image | confidence: {meaning}"),
                                 output / "confidence.png"))
     cloud_stamp, cloud_msg = monitor.newest("points")
-    poses = monitor.at("path", cloud_stamp)
+    poses = monitor.at("poses", cloud_stamp)  # the same window's views
     if cloud_msg is not None:
         cloud = unpack_point_cloud(cloud_msg)
         xyz = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=-1).astype(np.float64)
         colors = unpack_rgb_float(cloud["rgb"])
         written.append(save_ply(xyz, colors, output / "points.ply"))
         if poses is not None and poses.poses:
-            camera_to_world = np.stack([pose_matrix(p.pose) for p in poses.poses])
+            camera_to_world = np.stack([pose_matrix(p) for p in poses.poses])
             caption = (f"the newest window's cloud from above ({len(xyz)} points, {unit} units) and its "
                        f"{len(poses.poses)} cameras in time order,\nthe newest filled; points well above the "
                        f"cameras (the ceiling) are left out")
             written.append(save_png(render_topdown(xyz, colors, camera_to_world, unit, caption),
                                     output / "topdown.png"))
     return written
-
-
-def pose_matrix(pose) -> np.ndarray:
-    from g2vlm_ros.geometry.rotations import matrix_from_translation_quaternion
-
-    q, p = pose.orientation, pose.position
-    return matrix_from_translation_quaternion((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

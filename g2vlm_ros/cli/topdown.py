@@ -8,6 +8,7 @@ drawn lowest first, so what is higher covers what is below, as seen from above.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -18,6 +19,7 @@ MIN_WIDTH = 760  # room for the caption below a narrow plot
 MARGIN = 30
 CEILING_CUT = 0.3  # drop points this much (times the median camera distance) above the highest camera
 PATH_RGB = (230, 30, 30)
+TRUE_RGB = (20, 150, 60)
 
 
 def view_axes(camera_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,8 +41,9 @@ def nice_length(span: float) -> float:
 
 
 def render_topdown(points: np.ndarray, colors: np.ndarray, camera_to_world: np.ndarray, unit: str,
-                   caption: str) -> np.ndarray:
-    """points [M,3], colors [M,3] uint8, camera_to_world [V,4,4] in path order -> RGB uint8 image."""
+                   caption: str, true_camera_to_world: Optional[np.ndarray] = None) -> np.ndarray:
+    """points [M,3], colors [M,3] uint8, camera_to_world [V,4,4] in path order -> RGB uint8 image; a true path
+    [T,4,4] in the same frame, when given, is drawn as a green line under the estimated one."""
     from PIL import Image, ImageDraw
 
     finite = np.isfinite(points).all(axis=1)
@@ -56,6 +59,11 @@ def render_topdown(points: np.ndarray, colors: np.ndarray, camera_to_world: np.n
 
     # extent: the bulk of the points (a few stray far points would shrink everything else) and every camera
     corners = [cameras]
+    truth = None
+    if true_camera_to_world is not None and len(true_camera_to_world):
+        true_centres = true_camera_to_world[:, :3, 3]
+        truth = np.stack([true_centres @ right, true_centres @ forward], axis=1)
+        corners.append(truth)
     if len(plane):
         corners.append(np.percentile(plane, [1, 99], axis=0))
     low, high = np.min(np.concatenate(corners), axis=0), np.max(np.concatenate(corners), axis=0)
@@ -82,6 +90,8 @@ def render_topdown(points: np.ndarray, colors: np.ndarray, camera_to_world: np.n
     image.paste(Image.fromarray(canvas), (0, 0))
     draw = ImageDraw.Draw(image)
     camera_pixels = to_pixel(cameras)
+    if truth is not None and len(truth) > 1:
+        draw.line([tuple(p) for p in to_pixel(truth)], fill=TRUE_RGB, width=3)
     if len(camera_pixels) > 1:
         draw.line([tuple(p) for p in camera_pixels], fill=PATH_RGB, width=3)
     headings = np.stack([camera_to_world[:, :3, 2] @ right, camera_to_world[:, :3, 2] @ forward], axis=1)

@@ -126,6 +126,8 @@ class SyntheticSequence:
         images = (scene.images[0].permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
         order = list(range(views)) + list(range(views - 2, 0, -1))
         self.frames = [PlaybackFrame(images[i], scene.intrinsics[0, i].numpy().astype(np.float64)) for i in order]
+        # each played frame's true camera-to-world (m; the room's frame, y down), for scoring a trajectory
+        self.camera_to_world = [scene.camera_to_world[0, i].numpy().astype(np.float64) for i in order]
         self.depth = scene.depth[0].numpy()  # exact depth of the `views` rendered views (m), for checks
         self.rate_hz: Optional[float] = None
         self.description = f"synthetic room (seed {seed}), {views} views walked forwards and back"
