@@ -325,10 +325,12 @@ class PerceptionNode(LifecycleNode):
                 self.tf_input = None
 
     def _answerer_for(self, backend: GeometryBackend):
-        """The semantic expert answers when the backend holds a model with a tokenizer; else the geometric one."""
+        """The semantic expert locates objects when the backend holds a model with a tokenizer; the planner's
+        measurements answer in both cases."""
         model, service = getattr(backend, "model", None), f"{self.get_fully_qualified_name()}/ask"
         if model is None or getattr(model, "tokenizer", None) is None:
-            self.get_logger().info(f"{service}: geometric answerer (documented question forms)")
+            self.get_logger().info(f"{service}: measured answers (plain language and JSON queries); questions about "
+                                   "objects need a pixel or box (no tokenizer for grounding)")
             return PlannerAnswerer()
         self.get_logger().info(f"{service}: G2VLM's semantic expert, grounded in measured geometry; objects "
                                "located by it and measured")
