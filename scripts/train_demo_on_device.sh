@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
 # One call of the demo model's training on the GPU machine (device tool: at most 10 minutes a call).
-#   bash scripts/train_demo_on_device.sh RUN_DIR MINUTES [--resume] [--profile]
+#   bash scripts/train_demo_on_device.sh RUN_DIR MINUTES [--resume] [--profile] [-- TRAIN_ARGS...]
 # Trains for MINUTES (resuming RUN_DIR when asked) on an 18-minute schedule, evaluates on the
-# held-out scenes and copies the bf16 checkpoint (split in 12 MB pieces), the log and the
-# evaluation to $OUT. Join the pieces with: cat model.safetensors.part* > model.safetensors
+# held-out scenes (forward walks, and the mixed walks of training) and copies the bf16 checkpoint
+# (split in 12 MB pieces), the log and the evaluations to $OUT. TRAIN_ARGS go to train.py last, so
+# they override the defaults here; a fine-tune of the shipped model for 8 minutes:
+#   bash scripts/train_demo_on_device.sh RUN_DIR 8 -- --init g2vlm_ros/demo_model --schedule-minutes 8 \
+#     --lr 1.5e-4 --warmup-steps 50
+# Join the pieces with: cat model.safetensors.part* > model.safetensors
 set -euo pipefail
 run_dir=$1; minutes=$2; shift 2
-resume=""; profile=0
-for arg in "$@"; do
-  case $arg in --resume) resume="--resume" ;; --profile) profile=1 ;; esac
+resume=""; profile=0; extra=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --resume) resume="--resume" ;;
+    --profile) profile=1 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
 done
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 if [ "$profile" = 1 ]; then python3 scripts/profile_training_step.py 2>&1 | head -40; fi
 python3 -m g2vlm_ros.training.train --out "$run_dir" --minutes "$minutes" --schedule-minutes 18 \
-  --batch 16 --lr 4e-4 --log-every 50 $resume
+  --batch 16 --lr 4e-4 --log-every 50 $resume ${extra[@]+"${extra[@]}"}
 python3 -m g2vlm_ros.training.evaluate "$run_dir" --scenes 16 --views 2 4 --json "$run_dir/evaluation.json"
-if [ -n "${OUT:-}" ]; then
+python3 -m g2vlm_ros.training.evaluate "$run_dir" --scenes 16 --views 2 4 --motion mixed \
+  --json "$run_dir/evaluation_mixed.json"
+if [ -n "${OUT:-}" ]; then  # at most 8 files come back: the two weight pieces, the log, the evaluations
   split -b 12M "$run_dir/model.safetensors" "$OUT/model.safetensors.part"
-  cp "$run_dir"/training_log.jsonl "$run_dir"/evaluation.json "$run_dir"/*.json "$OUT/" 2>/dev/null || true
+  cp "$run_dir"/training_log.jsonl "$run_dir"/evaluation.json "$run_dir"/evaluation_mixed.json "$OUT/"
 fi

@@ -16,7 +16,7 @@ from PIL import Image
 
 from g2vlm_ros.training import scenes as scenes_module
 from g2vlm_ros.training.preview import save_preview
-from g2vlm_ros.training.scenes import SceneBatch, render_scenes, sample_scene
+from g2vlm_ros.training.scenes import WALKS, SceneBatch, render_scenes, sample_scene, sample_walk
 
 B, V, H, W = 3, 4, 60, 80
 
@@ -198,10 +198,11 @@ def test_depth_matches_an_independent_float64_ray_caster():
         assert object_pixels > 0, "no sampled pixel hit an object"
 
 
-def test_scene_layout_respects_the_ranges():
+@pytest.mark.parametrize("motion", ["forward", "mixed"])
+def test_scene_layout_respects_the_ranges(motion):
     views = 6
     for index in range(60):
-        spec = sample_scene(7, index, views)
+        spec = sample_scene(7, index, views, motion)
         half_x, half_y, half_z = spec.room_half
         assert 1.5 <= half_x <= 4.0 and 1.5 <= half_z <= 4.0 and 2.4 <= 2 * half_y <= 3.5
         count = len(spec.box_yaws) + len(spec.sphere_radii)
@@ -232,6 +233,49 @@ def test_scene_layout_respects_the_ranges():
         assert (np.abs(pitch) <= 20.5).all()
         turn = np.degrees(np.arccos(np.clip((forward[1:] * forward[:-1]).sum(axis=1), -1, 1)))
         assert (turn <= 10.0).all()
+
+
+def _motion_along_view(camera_to_world: np.ndarray) -> np.ndarray:
+    """Cosine between each step's motion and the view direction (optical z) of the camera it starts from."""
+    steps = np.diff(camera_to_world[:, :3, 3], axis=0)
+    looks = camera_to_world[:-1, :3, 2]
+    return (steps * looks).sum(axis=1) / np.linalg.norm(steps, axis=1) / np.linalg.norm(looks, axis=1)
+
+
+def test_mixed_walks_move_backwards_sideways_and_turn_back():
+    """motion="mixed" (training): cameras also walk against and across their view direction; "forward" (held-out
+    evaluation, the demo walk) keeps every camera walking the way it looks."""
+    views, seen = 4, {kind: 0 for kind in WALKS}
+    for index in range(200):
+        assert (_motion_along_view(sample_scene(5, index, views).camera_to_world) > 0.7).all()
+        walk = sample_walk(5, index, views, "mixed")
+        seen[walk.kind] += 1
+        cosine = _motion_along_view(sample_scene(5, index, views, "mixed").camera_to_world)
+        if walk.kind == "forward":
+            assert (cosine > 0.7).all(), cosine
+        elif walk.kind in ("backward", "reversed"):
+            assert (cosine < -0.7).all(), (walk, cosine)
+        elif walk.kind == "sideways":
+            assert (np.abs(cosine) < 0.6).all(), (walk, cosine)
+        else:  # turnaround: forwards up to the turn, then back
+            assert (cosine[:walk.turn_back] > 0.7).all() and (cosine[walk.turn_back:] < -0.7).all(), (walk, cosine)
+    assert all(count >= 15 for count in seen.values()), seen  # every walk is drawn, none dominates
+    with pytest.raises(ValueError, match="motion"):
+        sample_walk(5, 0, views, "sideways")
+
+
+def test_mixed_items_keep_the_determinism_rules():
+    whole = render_scenes(4, 3, 30, 40, seed=8, motion="mixed")
+    single = render_scenes(1, 3, 30, 40, seed=8, motion="mixed")
+    assert torch.equal(single.images[0], whole.images[0]) and torch.equal(single.depth[0], whole.depth[0])
+    small = render_scenes(4, 3, 15, 20, seed=8, motion="mixed")
+    assert torch.equal(small.camera_to_world, whole.camera_to_world)
+    forward = render_scenes(4, 3, 30, 40, seed=8)
+    for index in range(4):
+        kind = sample_walk(8, index, 3, "mixed").kind
+        same = torch.equal(forward.camera_to_world[index], whole.camera_to_world[index])
+        assert same == (kind == "forward"), kind  # a forward walk is the forward item; the others walk otherwise
+    assert not torch.equal(forward.camera_to_world, whole.camera_to_world)
 
 
 def test_renders_on_cuda_like_on_cpu():

@@ -14,7 +14,12 @@ y = 0, the ceiling y = -room_height, the walls x = +-half_x and z = +-half_z; a 
 
 Randomness: each item's scene is drawn by a CPU `torch.Generator` seeded from (seed, item index) only, so item i is
 the same whatever the batch size, resolution or device, and CPU and CUDA renders agree up to float rounding. The
-scene does depend on `views` (the trajectory and the objects' placement around it). The parameters are drawn and
+scene does depend on `views` (the trajectory and the objects' placement around it) and on `motion`: with "forward"
+(the default, used by the held-out evaluation and the demo walk) every camera walks the way it looks; with "mixed"
+(training) an item may instead walk backwards, sideways, in time-reversed order or turn back half-way (WALKS).
+The walk is drawn by a second generator seeded from (seed, index) as well, so a "mixed" item whose walk is
+"forward" is exactly the "forward" item, and every other item differs from it only in its camera path and what
+depends on it (the objects are placed around the cameras). The parameters are drawn and
 arranged on the CPU in float64 (cheap, a few hundred numbers per item); the per-pixel work is vectorised torch over
 batch * views * pixels on the requested device, with a Python loop over at most 12 object slots.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +39,15 @@ CEILING_MARGIN = 0.3
 MIN_HEIGHT, MAX_HEIGHT = 0.5, 1.8  # camera height above the floor (m)
 _MASK64 = (1 << 64) - 1
 _MAX_RAYS_PER_CHUNK = 1 << 24  # ~16.8 M rays per cast, a few GiB of temporaries
+MOTIONS = ("forward", "mixed")
+# Walks of motion="mixed" and their probabilities. A model trained only on forward walks learns "the camera moves
+# the way it looks" and predicts forward motion for a robot that backs up; these teach it to read the motion from
+# the views. forward: the camera looks the way it walks; backward: it looks against its motion; sideways: it looks
+# 90 degrees left or right of it; reversed: a forward walk's views in reverse order (backwards, turning the other
+# way); turnaround: forwards, then back the way it came from a random view on (a robot reversing out of a dead end).
+WALKS = {"forward": 0.3, "backward": 0.2, "sideways": 0.2, "reversed": 0.15, "turnaround": 0.15}
+_WALK_SALT = 0x5A17E5  # the walk's generator: seeded from (seed, index) too, but unrelated to the scene's
+_WALK_JITTER_DEG = 20.0  # non-forward walks look up to this far off their nominal direction (diagonal motion)
 
 # Surface slots. Geometry table rows: 0 = room, 1..6 = box slots, 7..12 = sphere slots. Texture table rows: 0..5 =
 # room faces in the order x-, x+, y- (ceiling), y+ (floor), z-, z+; then 6..11 box slots, 12..17 sphere slots.
@@ -97,11 +112,13 @@ class SceneSpec:
 
 
 def render_scenes(batch: int, views: int, height: int, width: int, seed: int,
-                  device: torch.device | str = "cpu") -> SceneBatch:
-    """Renders `batch` random rooms, `views` views each, at height x width pixels on `device`."""
+                  device: torch.device | str = "cpu", motion: str = "forward") -> SceneBatch:
+    """Renders `batch` random rooms, `views` views each, at height x width pixels on `device`.
+
+    motion: "forward" (cameras walk the way they look) or "mixed" (see WALKS)."""
     if batch < 1 or views < 1 or height < 1 or width < 1:
         raise ValueError("batch, views, height and width must be positive")
-    specs = [sample_scene(seed, index, views) for index in range(batch)]
+    specs = [sample_scene(seed, index, views, motion) for index in range(batch)]
     # Whole items at a time, at most _MAX_RAYS_PER_CHUNK rays: the cast keeps a few dozen per-ray temporaries
     # alive, which would otherwise take tens of GiB for a large training batch on a GPU.
     step = max(1, _MAX_RAYS_PER_CHUNK // (views * height * width))
@@ -196,13 +213,40 @@ def _rot_z(a: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def sample_scene(seed: int, index: int, views: int) -> SceneSpec:
-    """The random parameters of item `index` of `render_scenes(..., seed)` with `views` views."""
+class Walk(NamedTuple):
+    """How an item's cameras move along their path (see WALKS)."""
+
+    kind: str
+    look: float  # yaw of the view direction relative to the direction of motion (rad)
+    turn_back: int  # the first step that goes back the way it came (views - 1 or more: none)
+
+
+def sample_walk(seed: int, index: int, views: int, motion: str = "forward") -> Walk:
+    """The walk of item `index` of `render_scenes(..., seed, motion=motion)` with `views` views."""
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
+    if motion == "forward":
+        return Walk("forward", 0.0, views)
+    rng = _Random(_item_seed(seed ^ _WALK_SALT, index))
+    bounds = np.cumsum(list(WALKS.values()))
+    kind = list(WALKS)[min(int(np.searchsorted(bounds, rng.uniform() * bounds[-1], side="right")), len(WALKS) - 1)]
+    if kind == "turnaround" and views < 3:  # two views cannot go and come back: the same motion as backward
+        kind = "backward"
+    if kind == "forward":
+        return Walk(kind, 0.0, views)
+    turn_back = rng.integer(1, views - 2) if kind == "turnaround" else views
+    nominal = {"backward": math.pi, "sideways": math.copysign(0.5 * math.pi, rng.uniform() - 0.5)}.get(kind, 0.0)
+    return Walk(kind, nominal + math.radians(rng.uniform(-_WALK_JITTER_DEG, _WALK_JITTER_DEG)), turn_back)
+
+
+def sample_scene(seed: int, index: int, views: int, motion: str = "forward") -> SceneSpec:
+    """The random parameters of item `index` of `render_scenes(..., seed, motion=motion)` with `views` views."""
+    walk = sample_walk(seed, index, views, motion)
     rng = _Random(_item_seed(seed, index))
     half_x = 0.5 * rng.uniform(3.0, 8.0)
     half_z = 0.5 * rng.uniform(3.0, 8.0)
     room_height = rng.uniform(2.4, 3.5)
-    camera_to_world = _sample_cameras(rng, views, half_x, half_z, room_height)
+    camera_to_world = _sample_cameras(rng, views, half_x, half_z, room_height, walk)
     boxes, spheres = _sample_objects(rng, camera_to_world, half_x, half_z, room_height)
     focal_scale = 0.5 / math.tan(0.5 * math.radians(rng.uniform(50.0, 90.0)))
 
@@ -234,13 +278,19 @@ def sample_scene(seed: int, index: int, views: int) -> SceneSpec:
         light_intensity=light_intensity, ambient=ambient, textures=textures)
 
 
-def _sample_cameras(rng: _Random, views: int, half_x: float, half_z: float, room_height: float) -> np.ndarray:
-    """A smooth trajectory inside the room, at least WALL_MARGIN from the walls -> camera_to_world [V, 4, 4]."""
+def _sample_cameras(rng: _Random, views: int, half_x: float, half_z: float, room_height: float,
+                    walk: Walk | None = None) -> np.ndarray:
+    """A smooth trajectory inside the room, at least WALL_MARGIN from the walls -> camera_to_world [V, 4, 4].
+
+    walk: how the cameras move along the path (sample_walk); None: forwards."""
     # Shape first, relative to a start at the origin heading along +z: forward steps of 0.1-0.4 m around a
     # per-trajectory speed, a slow lateral drift and a steady turn of a few degrees per view, each with jitter.
+    # The walk's kind only changes how these are used, so the draws (and everything after) stay in step.
+    kind, look, turn_back = walk if walk is not None else Walk("forward", 0.0, views)
     steps = np.clip(rng.uniform(0.1, 0.4) * rng.uniform(0.8, 1.2, views), 0.1, 0.4)
     drift = rng.uniform(-0.06, 0.06) + rng.uniform(-0.02, 0.02, views)
     turns = math.radians(rng.uniform(-5.0, 5.0)) + np.radians(rng.uniform(-1.5, 1.5, views))
+    back = np.arange(views) >= turn_back
     rel = np.zeros((views, 2))  # (x, z)
     headings = np.zeros(views)
     position, heading = np.zeros(2), 0.0
@@ -248,8 +298,14 @@ def _sample_cameras(rng: _Random, views: int, half_x: float, half_z: float, room
         rel[i], headings[i] = position, heading
         forward = np.array([math.sin(heading), math.cos(heading)])
         right = np.array([math.cos(heading), -math.sin(heading)])
-        position = position + steps[i] * forward + drift[i] * right
+        if back[i]:
+            position = position - steps[i] * forward - drift[i] * right
+        else:
+            position = position + steps[i] * forward + drift[i] * right
         heading += turns[i]
+    if kind == "reversed":
+        rel, headings = rel[::-1].copy(), headings[::-1].copy()
+    headings = headings + look  # the view direction; the motion keeps the path's direction
 
     # Then place it: random overall yaws and start points, keeping the path's bounding box inside the safe
     # rectangle. Of a dozen candidates the one whose cameras see farthest before a wall wins (capped at 4 m, so

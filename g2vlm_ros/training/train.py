@@ -2,11 +2,14 @@
 
   python -m g2vlm_ros.training.train --out /tmp/demo --minutes 9            # fresh run
   python -m g2vlm_ros.training.train --out /tmp/demo --minutes 9 --resume   # continue it
+  python -m g2vlm_ros.training.train --out /tmp/demo --minutes 8 --init g2vlm_ros/demo_model  # fine-tune
 
 Same model code as the released checkpoint (official key layout), a small configuration
 (DEMO_CONFIG), the geometry path only, π³-style scale-invariant losses (training.losses). Scenes are
 rendered on the GPU at the node's input size (392x518), a fresh batch per step, seeded by the
-step, so a run is reproducible. All scenes of a step go through the model as one batch
+step, so a run is reproducible. By default the cameras walk forwards, backwards, sideways,
+in reverse order or turn back (scenes.WALKS): a model that only sees forward walks predicts
+forward motion for every pair of views. All scenes of a step go through the model as one batch
 ([B,V,3,H,W]): the model is small, so a per-scene loop would leave the GPU waiting on kernel
 launches (docs/demo_model.md). Each save writes the checkpoint folder (config JSONs,
 model.safetensors in bf16, token_ids.json) plus train_state.pt (fp32 weights and optimizer, for
@@ -24,10 +27,10 @@ from typing import Optional
 
 import torch
 
-from g2vlm_ros.model import G2VLM, save_checkpoint, tiny_config
+from g2vlm_ros.model import G2VLM, load_checkpoint, save_checkpoint, tiny_config
 from g2vlm_ros.model.checkpoint import initial_value
 from g2vlm_ros.training.losses import LossWeights, batch_losses
-from g2vlm_ros.training.scenes import render_scenes
+from g2vlm_ros.training.scenes import MOTIONS, render_scenes
 
 # the demo model: 4 text layers of width 128 per expert, a 6-layer DINO of width 192; about 12 M parameters
 DEMO_CONFIG = {"num_layers": 4, "num_heads": 1, "num_kv_heads": 1, "dino_width": 192, "dino_layers": 6,
@@ -81,6 +84,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint folder's weights (a fine-tune; "
+                        "fresh optimizer and schedule); --resume takes precedence")
+    parser.add_argument("--warmup-steps", type=int, default=200)
+    parser.add_argument("--motion", choices=MOTIONS, default="mixed",
+                        help="camera walks of the training scenes (scenes.WALKS); 'forward' as in runs 1 and 2")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -97,10 +105,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         previous_minutes = state.get("trained_minutes", 0.0)
+    elif args.init is not None:
+        model.load_state_dict(load_checkpoint(args.init, device=device, dtype=torch.float32).state_dict())
     model.train()
     weights = LossWeights()
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"demo G2VLM: {parameters / 1e6:.2f} M parameters on {device}, from step {step}", flush=True)
+    start = f"from step {step}" if args.resume else (f"from {args.init}" if args.init else "from initialisation")
+    print(f"demo G2VLM: {parameters / 1e6:.2f} M parameters on {device}, {start}, {args.motion} walks", flush=True)
     log = (args.out / "training_log.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -116,13 +127,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return step / args.total_steps
 
     while progress() < 1.0 and time.perf_counter() - started < args.minutes * 60:
-        warmup = min(1.0, (step + 1) / 200)
+        warmup = min(1.0, (step + 1) / max(1, args.warmup_steps))
         lr = args.lr * warmup * 0.5 * (1 + math.cos(math.pi * min(progress(), 1.0)))
         for group in optimizer.param_groups:
             group["lr"] = lr
         views = args.views[step % len(args.views)]
         batch = render_scenes(args.batch, views, args.height, args.width, seed=args.seed * 1_000_003 + step,
-                              device=device)
+                              device=device, motion=args.motion)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             raw = geometry_forward(model, batch.images)
