@@ -49,6 +49,7 @@ LONGEST_FILES_FIRST = (
     "test_runtime_robustness.py", "test_faults.py", "test_node_process.py", "test_play.py", "test_health_process.py",
     "test_service_abuse.py", "test_demo_model.py", "test_bad_input.py", "test_export.py", "test_backends.py",
     "test_scale_sources.py", "test_soak_script.py", "test_install.py", "test_demo.py", "test_ask_process.py",
+    "test_process_memory.py",
     "test_ask_generation.py", "test_mapping_memory.py", "test_engines.py", "test_lifecycle.py", "test_map_node.py",
     "test_loop_closure.py", "test_ask_namespace.py", "test_overload.py", "test_inference_health.py",
 )
