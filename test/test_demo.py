@@ -40,6 +40,6 @@ def test_the_demo_reports_rates_latency_and_an_answer_and_writes_previews(tmp_pa
     assert points > 1000 and keyframes >= 3, report
     assert re.search(r"ATE \d+\.\d+ m; a camera that never moved: \d+\.\d+ m", report), report
     picture = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"))[:-CAPTION_HEIGHT].astype(int)
-    green = (picture[..., 1] > 120) & (picture[..., 0] < 60) & (picture[..., 2] < 100)  # the true path
-    red = (picture[..., 0] > 200) & (picture[..., 1] < 60) & (picture[..., 2] < 60)  # the estimated one
-    assert green.sum() > 50 and red.sum() > 50
+    green = (picture[..., 1] > 120) & (picture[..., 0] < 60) & (picture[..., 2] < 100)  # the true path, on top
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 60) & (picture[..., 2] < 60)  # the keyframes and their path
+    assert green.sum() > 20 and red.sum() > 50, (green.sum(), red.sum())

@@ -43,7 +43,7 @@ def nice_length(span: float) -> float:
 def render_topdown(points: np.ndarray, colors: np.ndarray, camera_to_world: np.ndarray, unit: str,
                    caption: str, true_camera_to_world: Optional[np.ndarray] = None) -> np.ndarray:
     """points [M,3], colors [M,3] uint8, camera_to_world [V,4,4] in path order -> RGB uint8 image; a true path
-    [T,4,4] in the same frame, when given, is drawn as a green line under the estimated one."""
+    [T,4,4] in the same frame, when given, is drawn as a thin green line over the estimated one."""
     from PIL import Image, ImageDraw
 
     finite = np.isfinite(points).all(axis=1)
@@ -90,10 +90,10 @@ def render_topdown(points: np.ndarray, colors: np.ndarray, camera_to_world: np.n
     image.paste(Image.fromarray(canvas), (0, 0))
     draw = ImageDraw.Draw(image)
     camera_pixels = to_pixel(cameras)
-    if truth is not None and len(truth) > 1:
-        draw.line([tuple(p) for p in to_pixel(truth)], fill=TRUE_RGB, width=3)
     if len(camera_pixels) > 1:
         draw.line([tuple(p) for p in camera_pixels], fill=PATH_RGB, width=3)
+    if truth is not None and len(truth) > 1:  # thinner and on top: where the two agree, both stay visible
+        draw.line([tuple(p) for p in to_pixel(truth)], fill=TRUE_RGB, width=2)
     headings = np.stack([camera_to_world[:, :3, 2] @ right, camera_to_world[:, :3, 2] @ forward], axis=1)
     for index, (point, heading) in enumerate(zip(camera_pixels, headings, strict=True)):
         _draw_camera(draw, point, heading, filled=index == len(camera_pixels) - 1)
