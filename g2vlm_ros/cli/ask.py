@@ -230,7 +230,10 @@ def print_schema(out: TextIO = sys.stdout) -> int:
     """The query schema as JSON: what an LLM agent takes as the ask tool's parameters."""
     from g2vlm_ros.reasoning.query import schema_text
 
-    print(schema_text(), file=out)
+    try:
+        print(schema_text(), file=out, flush=True)
+    except BrokenPipeError:  # `ask --schema | head`: the reader stopped early, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # no second error when Python flushes at exit
     return EXIT_ANSWERED
 
 
