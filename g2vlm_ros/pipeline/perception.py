@@ -32,6 +32,7 @@ from g2vlm_ros.pipeline.status import BackendStatus, HealthReport, PipelineStatu
 from g2vlm_ros.pipeline.stream_health import Activity
 from g2vlm_ros.pipeline.windowing import Motion, Window, WindowAssembler, WindowPolicy
 from g2vlm_ros.pipeline.worker import LatestOnlyWorker
+from g2vlm_ros.process_memory import HeapTrimmer
 
 if TYPE_CHECKING:
     from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult
@@ -107,6 +108,7 @@ class PerceptionPipeline:
         self._health = InferenceHealth(settings.out_of_memory_policy)
         self._scale = self._new_scale_tracker()
         self._windows_rate_limited = 0
+        self._trim_heap = HeapTrimmer()
         self._last_error_log = -ERROR_LOG_PERIOD_S
 
     # ---------------------------------------------------------------- life cycle
@@ -254,6 +256,7 @@ class PerceptionPipeline:
         self._processed_keyframe_ns = max([self._processed_keyframe_ns, *first_camera_keyframes])
         if world_map is not None and self._active:  # after the outputs: a loop check never delays them
             world_map.check_loop(backend)
+        self._trim_heap(time.monotonic())  # freed window memory back to the system (see process_memory)
 
     def _measure_scale(self, frames: list[Frame], result: GeometryResult) -> ScaleEstimate:
         """The scale that applies to this window (see ScaleTracker for holding and expiry)."""

@@ -36,7 +36,6 @@ from g2vlm_ros.backends.registry import DEMO_MODEL_WARNING, BackendRequest, crea
 from g2vlm_ros.pipeline.frame import Frame
 from g2vlm_ros.pipeline.perception import PerceptionPipeline, Snapshot
 from g2vlm_ros.pipeline.postprocess import WindowOutputs
-from g2vlm_ros.process_memory import fix_mmap_threshold
 from g2vlm_ros.reasoning.generative import GenerativeAnswerer
 from g2vlm_ros.reasoning.grounding import GroundingAnswerer
 from g2vlm_ros.reasoning.planner import PlannerAnswerer
@@ -446,7 +445,6 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    fix_mmap_threshold()  # before the model and the map allocate: see process_memory
     rclpy.init(args=args)
     try:
         node = PerceptionNode()
