@@ -256,6 +256,12 @@ class Camera:
             self.infos.publish(info)
         self.publisher.publish(rgb_image((90, 140, 200), header, width=width, height=height))
 
+    def pause(self) -> None:
+        self.timer.cancel()
+
+    def resume(self) -> None:
+        self.timer.reset()
+
     def stop(self) -> None:
         self.ros.node.destroy_timer(self.timer)
 
