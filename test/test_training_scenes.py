@@ -16,7 +16,7 @@ from PIL import Image
 
 from g2vlm_ros.training import scenes as scenes_module
 from g2vlm_ros.training.preview import save_preview
-from g2vlm_ros.training.scenes import WALKS, SceneBatch, render_scenes, sample_scene, sample_walk
+from g2vlm_ros.training.scenes import ROBOT_WALKS, WALKS, SceneBatch, render_scenes, sample_scene, sample_walk
 
 B, V, H, W = 3, 4, 60, 80
 
@@ -262,6 +262,18 @@ def test_mixed_walks_move_backwards_sideways_and_turn_back():
     assert all(count >= 15 for count in seen.values()), seen  # every walk is drawn, none dominates
     with pytest.raises(ValueError, match="motion"):
         sample_walk(5, 0, views, "sideways")
+
+
+def test_a_robots_walks_are_mostly_forward_and_still_include_every_other_walk():
+    counts = {motion: {kind: 0 for kind in WALKS} for motion in ("mixed", "mostly_forward")}
+    for motion, seen in counts.items():
+        for index in range(400):
+            seen[sample_walk(5, index, 4, motion).kind] += 1
+    robot, mixed = counts["mostly_forward"], counts["mixed"]
+    assert set(ROBOT_WALKS) == set(WALKS) and all(count >= 20 for count in robot.values()), robot
+    assert robot["forward"] > 160 and mixed["forward"] < 160, (robot, mixed)
+    backwards = robot["backward"] + robot["reversed"] + robot["turnaround"] / 2
+    assert backwards < robot["forward"], robot
 
 
 def test_mixed_items_keep_the_determinism_rules():

@@ -16,7 +16,8 @@ Randomness: each item's scene is drawn by a CPU `torch.Generator` seeded from (s
 the same whatever the batch size, resolution or device, and CPU and CUDA renders agree up to float rounding. The
 scene does depend on `views` (the trajectory and the objects' placement around it) and on `motion`: with "forward"
 (the default, used by the held-out evaluation and the demo walk) every camera walks the way it looks; with "mixed"
-(training) an item may instead walk backwards, sideways, in time-reversed order or turn back half-way (WALKS).
+(training) an item may instead walk backwards, sideways, in time-reversed order or turn back half-way (WALKS);
+"mostly_forward" draws the same walks in a robot's proportions (ROBOT_WALKS).
 The walk is drawn by a second generator seeded from (seed, index) as well, so a "mixed" item whose walk is
 "forward" is exactly the "forward" item, and every other item differs from it only in its camera path and what
 depends on it (the objects are placed around the cameras). The parameters are drawn and
@@ -39,13 +40,18 @@ CEILING_MARGIN = 0.3
 MIN_HEIGHT, MAX_HEIGHT = 0.5, 1.8  # camera height above the floor (m)
 _MASK64 = (1 << 64) - 1
 _MAX_RAYS_PER_CHUNK = 1 << 24  # ~16.8 M rays per cast, a few GiB of temporaries
-MOTIONS = ("forward", "mixed")
+MOTIONS = ("forward", "mixed", "mostly_forward")
 # Walks of motion="mixed" and their probabilities. A model trained only on forward walks learns "the camera moves
 # the way it looks" and predicts forward motion for a robot that backs up; these teach it to read the motion from
 # the views. forward: the camera looks the way it walks; backward: it looks against its motion; sideways: it looks
 # 90 degrees left or right of it; reversed: a forward walk's views in reverse order (backwards, turning the other
 # way); turnaround: forwards, then back the way it came from a random view on (a robot reversing out of a dead end).
 WALKS = {"forward": 0.3, "backward": 0.2, "sideways": 0.2, "reversed": 0.15, "turnaround": 0.15}
+# motion="mostly_forward": the same walks in a robot's proportions. In "mixed", backward motion (backward, reversed,
+# the second half of turnaround) outweighs forward motion, so where two views barely tell the direction (a short
+# step in a large room) a model trained on it guesses backwards; robots mostly drive forwards, and so does this mix.
+ROBOT_WALKS = {"forward": 0.5, "backward": 0.15, "sideways": 0.15, "reversed": 0.1, "turnaround": 0.1}
+_WALK_MIXES = {"mixed": WALKS, "mostly_forward": ROBOT_WALKS}
 _WALK_SALT = 0x5A17E5  # the walk's generator: seeded from (seed, index) too, but unrelated to the scene's
 _WALK_JITTER_DEG = 20.0  # non-forward walks look up to this far off their nominal direction (diagonal motion)
 
@@ -115,7 +121,7 @@ def render_scenes(batch: int, views: int, height: int, width: int, seed: int,
                   device: torch.device | str = "cpu", motion: str = "forward") -> SceneBatch:
     """Renders `batch` random rooms, `views` views each, at height x width pixels on `device`.
 
-    motion: "forward" (cameras walk the way they look) or "mixed" (see WALKS)."""
+    motion: "forward" (cameras walk the way they look), "mixed" (see WALKS) or "mostly_forward" (ROBOT_WALKS)."""
     if batch < 1 or views < 1 or height < 1 or width < 1:
         raise ValueError("batch, views, height and width must be positive")
     specs = [sample_scene(seed, index, views, motion) for index in range(batch)]
@@ -228,8 +234,9 @@ def sample_walk(seed: int, index: int, views: int, motion: str = "forward") -> W
     if motion == "forward":
         return Walk("forward", 0.0, views)
     rng = _Random(_item_seed(seed ^ _WALK_SALT, index))
-    bounds = np.cumsum(list(WALKS.values()))
-    kind = list(WALKS)[min(int(np.searchsorted(bounds, rng.uniform() * bounds[-1], side="right")), len(WALKS) - 1)]
+    walks = _WALK_MIXES[motion]
+    bounds = np.cumsum(list(walks.values()))
+    kind = list(walks)[min(int(np.searchsorted(bounds, rng.uniform() * bounds[-1], side="right")), len(walks) - 1)]
     if kind == "turnaround" and views < 3:  # two views cannot go and come back: the same motion as backward
         kind = "backward"
     if kind == "forward":

@@ -88,7 +88,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "fresh optimizer and schedule); --resume takes precedence")
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--motion", choices=MOTIONS, default="mixed",
-                        help="camera walks of the training scenes (scenes.WALKS); 'forward' as in runs 1 and 2")
+                        help="camera walks of the training scenes (scenes.WALKS, ROBOT_WALKS); "
+                             "'forward' as in runs 1 and 2")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
