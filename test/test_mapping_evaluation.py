@@ -125,3 +125,29 @@ def test_the_cli_writes_its_table_and_plot(tmp_path, capsys):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert "wrote" in capsys.readouterr().out
     assert evaluate_mapping.main(["--distance", "0.5", "--output", str(tmp_path / "short")]) == 2
+
+
+def test_demo_targets_judge_direction_on_the_odometry_when_the_map_kept_no_backward_step(walk):
+    """A walk that backs up over mapped ground adds no map keyframe there (keyframe culling): the direction target
+    then rests on the odometry, and a map step the wrong way, when there is one, still fails it."""
+    from dataclasses import replace
+
+    sequence, windows = walk
+    run = play_through_map(sequence, windows, perfect_backend(sequence, seed=1), loop_closure=False,
+                           keep_cloud=False)
+    run.label, run.window_direction = "demo", (6, 6)
+    mapped, online = score_run(sequence, run)
+    still, _ = score_baselines(sequence, run, "demo")
+
+    def lines(map_direction, online_direction) -> list[str]:
+        rows = [replace(mapped, scores=replace(mapped.scores, direction_correct=map_direction)),
+                replace(online, scores=replace(online.scores, direction_correct=online_direction)), still]
+        evaluation = evaluate_mapping.Evaluation(sequence, [run], rows, {"demo": False}, "test walk")
+        return [line for line in evaluate_mapping.target_lines(evaluation) if "direction" in line]
+
+    assert lines(None, 1.0)[0].startswith("- PASS: demo: direction of motion on backward segments right in 100 %")
+    assert "(- of" in lines(None, 1.0)[0] and "right in 6 of 6 windows" in lines(None, 1.0)[0]
+    assert lines(1.0, 1.0)[0].startswith("- PASS")
+    assert lines(None, 0.0)[0].startswith("- MISS")  # the odometry backs up the wrong way
+    assert lines(0.0, 1.0)[0].startswith("- MISS")  # a map keyframe step the wrong way
+    assert lines(None, None)[0].startswith("- MISS")  # nothing to judge: not a pass
