@@ -101,20 +101,20 @@ class Load:
             return sum(1 for sent, future in self.pending if not future.done() and now - sent > older_than_s)
 
 
-def inference_counts(node, timeout_s: float = 5.0) -> dict[str, str]:
-    """The newest 'g2vlm: inference' diagnostics values."""
+def diagnostics_values(node, names: tuple[str, ...], timeout_s: float = 5.0) -> dict[str, dict[str, str]]:
+    """The newest values of these diagnostics statuses (e.g. 'g2vlm: inference', 'g2vlm: map')."""
     from diagnostic_msgs.msg import DiagnosticArray
 
-    found: dict[str, str] = {}
+    found: dict[str, dict[str, str]] = {}
 
     def on_diagnostics(msg) -> None:
         for status in msg.status:
-            if status.name == "g2vlm: inference":
-                found.update({kv.key: kv.value for kv in status.values})
+            if status.name in names:
+                found[status.name] = {kv.key: kv.value for kv in status.values}
 
     subscription = node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     deadline = time.monotonic() + timeout_s
-    while not found and time.monotonic() < deadline:
+    while len(found) < len(names) and time.monotonic() < deadline:
         time.sleep(0.1)
     node.destroy_subscription(subscription)
     return found
@@ -164,7 +164,8 @@ def main(argv=None) -> int:
             if rss_after_warmup is None and time.monotonic() - start >= args.warmup_s:
                 rss_after_warmup = rss_mib(process.pid)
         rss_end = rss_mib(process.pid)
-        counts = inference_counts(node)
+        statuses = diagnostics_values(node, ("g2vlm: inference", "g2vlm: map"))
+        counts, map_values = statuses.get("g2vlm: inference", {}), statuses.get("g2vlm: map", {})
         time.sleep(5.0)  # the last questions' answers
         unanswered = load.unanswered(older_than_s=5.0)
     finally:
@@ -194,6 +195,10 @@ def main(argv=None) -> int:
           f"p95 {p95:.0f} ms, max {worst:.0f} ms")
     print(f"  node RSS: {rss_after_warmup:.1f} MiB after {args.warmup_s:g} s warm-up, {rss_end:.1f} MiB at the end "
           f"({growth:+.2f} %)")
+    if map_values:  # what the map holds at the end: its stores are bounded (keyframes are culled, clouds evicted)
+        print("  map: " + ", ".join(f"{key} {map_values[key]}" for key in (
+            "windows_placed", "keyframes", "redundant_sets", "cloud_points", "evicted_keyframes", "loop_keyframes")
+            if key in map_values))
     print(f"  questions: {load.asked} asked, {load.answered} answered, {load.refused} refused, {unanswered} unanswered")
     for name, passed in checks.items():
         print(f"  {'PASS' if passed else 'FAIL'}  {name}")

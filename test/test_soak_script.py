@@ -26,5 +26,8 @@ def test_a_short_soak_run_reports_every_figure(tmp_path):
     assert re.search(r"latency image stamp -> depth \(after warm-up, \d+ windows\): p50 \d+ ms", report), report
     assert re.search(r"node RSS: [\d.]+ MiB after 8 s warm-up, [\d.]+ MiB at the end", report), report
     assert "PASS  no unanswered question" in report, report
+    keyframes = int(re.search(r"map: windows_placed \d+, keyframes (\d+), redundant_sets \d+, cloud_points \d+",
+                              report).group(1))
+    assert keyframes >= 1, report  # the map's stores at the end, the figures behind "memory stays bounded"
     asked, answered = map(int, re.search(r"questions: (\d+) asked, (\d+) answered", report).groups())
     assert asked >= 15 and answered >= asked - 5, report
