@@ -129,7 +129,7 @@ def test_the_cli_writes_its_table_and_plot(tmp_path, capsys):
 
 def test_demo_targets_judge_direction_on_the_odometry_when_the_map_kept_no_backward_step(walk):
     """A walk that backs up over mapped ground adds no map keyframe there (keyframe culling): the direction target
-    then rests on the odometry, and a map step the wrong way, when there is one, still fails it."""
+    then rests on the odometry and the model's own steps; a map step the wrong way, when there is one, fails it."""
     from dataclasses import replace
 
     sequence, windows = walk
@@ -151,3 +151,5 @@ def test_demo_targets_judge_direction_on_the_odometry_when_the_map_kept_no_backw
     assert lines(None, 0.0)[0].startswith("- MISS")  # the odometry backs up the wrong way
     assert lines(0.0, 1.0)[0].startswith("- MISS")  # a map keyframe step the wrong way
     assert lines(None, None)[0].startswith("- MISS")  # nothing to judge: not a pass
+    run.window_direction = (2, 6)
+    assert lines(1.0, 1.0)[0].startswith("- MISS")  # the model's own steps point forwards: chaining hid it

@@ -159,7 +159,8 @@ def target_lines(evaluation: Evaluation) -> list[str]:
                   f"({still.ate_rmse:.3g} m), target >= {DEMO_FACTOR:g}x", factor >= DEMO_FACTOR)
             # Direction is judged on the odometry (the online trajectory: every window's newest camera), which is
             # what a reversing robot sees. The map keeps a keyframe only where the view is new, so a walk that
-            # backs up over ground it has already mapped may leave no backward map step to judge.
+            # backs up over ground it has already mapped may leave no backward map step to judge. Chaining can
+            # straighten a few wrong steps, so the model's own steps on backward windows must be right as well.
             online = by_key[(label, "online")]
             run = next(run for run in evaluation.runs if run.label == label)
             correct, total = run.window_direction
@@ -172,7 +173,8 @@ def target_lines(evaluation: Evaluation) -> list[str]:
                   f"{scores.direction_steps} map keyframe steps); the model's own newest step right in {correct} of "
                   f"{total} windows",
                   online.direction_correct is not None and online.direction_correct > 0.5
-                  and (scores.direction_correct is None or scores.direction_correct > 0.5))
+                  and (scores.direction_correct is None or scores.direction_correct > 0.5)
+                  and 2 * correct > total)
     return lines
 
 
