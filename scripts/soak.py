@@ -13,7 +13,7 @@ Targets (exit code 1 if one is missed): RSS growth under 5 % over the second hal
 latency under twice p50, no unanswered question.
 
 Memory is judged on the second half because the map's stores are bounded but take a while to fill:
-the keyframe images kept for loop checks (`loop_closure_images`, 200 camera images: 184 MiB at
+the keyframe images kept for loop checks (`loop_closure_images`, 200 camera images: 176 MiB at
 640x480) fill as the map gains keyframes, and a leak keeps growing after they are full. The growth
 after warm-up is printed too.
 """
