@@ -103,11 +103,15 @@ def evaluate(args: argparse.Namespace, log=print) -> Evaluation:
     return Evaluation(sequence, runs, rows, loop_closure, description)
 
 
+def _percent(part: Optional[float]) -> str:
+    return "-" if part is None else f"{100.0 * part:.0f} %"
+
+
 def _format_direction(row: RunScores) -> str:
     scores = row.scores
     if scores.direction_correct is None:
         return "-"
-    return f"{100.0 * scores.direction_correct:.0f} % of {scores.direction_steps}"
+    return f"{_percent(scores.direction_correct)} of {scores.direction_steps}"
 
 
 def markdown_table(evaluation: Evaluation) -> str:
@@ -164,12 +168,8 @@ def target_lines(evaluation: Evaluation) -> list[str]:
             online = by_key[(label, "online")]
             run = next(run for run in evaluation.runs if run.label == label)
             correct, total = run.window_direction
-
-            def share(part: Optional[float]) -> str:
-                return "-" if part is None else f"{100 * part:.0f} %"
-
-            check(f"{label}: direction of motion on backward segments right in {share(online.direction_correct)} "
-                  f"of {online.direction_steps} odometry steps ({share(scores.direction_correct)} of "
+            check(f"{label}: direction of motion on backward segments right in {_percent(online.direction_correct)} "
+                  f"of {online.direction_steps} odometry steps ({_percent(scores.direction_correct)} of "
                   f"{scores.direction_steps} map keyframe steps); the model's own newest step right in {correct} of "
                   f"{total} windows",
                   online.direction_correct is not None and online.direction_correct > 0.5
