@@ -63,6 +63,8 @@ def test_windows_in_random_frames_chain_into_one_map(scene):
     assert not log.errors and status.windows_failed == 0 and len(outputs) >= 5
     assert status.stats["segments"] == 1, "every window after the first must chain to the map"
     assert [o.placement.status for o in outputs] == ["initialized"] + ["chained"] * (len(outputs) - 1)
+    image_bytes = synthetic_scene.encode_image(0, 0).nbytes
+    assert 1 <= status.loop_images <= 200 and status.loop_image_bytes == status.loop_images * image_bytes
 
     # every view of every window, against the truth: one similarity (the first window's gauge) fits them all
     truth, placed = [], []
@@ -91,7 +93,31 @@ def test_windows_in_random_frames_chain_into_one_map(scene):
 def test_keyframe_images_stay_bounded_and_spread_over_the_run():
     images = KeyframeImages(capacity=8)
     for stamp in range(100):
-        images.add(("a", stamp), np.zeros((1, 1, 3), np.uint8))
+        images.add(("a", stamp), np.zeros((4, 5, 3), np.uint8))
     kept = sorted(key[1] for key in images._images)
     assert len(images) == 8 and kept[0] == 0 and kept[-1] == 99, "the oldest and the newest stay"
     assert max(np.diff(kept)) <= 2 * 99 / 7, f"kept images bunch up: {kept}"
+    assert images.nbytes == 8 * 4 * 5 * 3  # what diagnostics report as the store's memory
+
+
+def test_only_the_keyframes_the_map_keeps_take_a_place_in_the_image_store():
+    """A camera standing still: after the first window the map culls every new keyframe (keyframe_culling), and
+    their images, which could never be loop candidates, must not push out the kept ones'."""
+    from g2vlm_ros.cli.bench_node_overhead import walking_result
+    from g2vlm_ros.geometry.pinhole import intrinsics_from_fov
+    from g2vlm_ros.pipeline.mapping_stage import MapStage
+    from g2vlm_ros.pipeline.windowing import Window
+
+    k = intrinsics_from_fov(518, 392, np.deg2rad(60))
+    depth = np.random.default_rng(3).uniform(1, 3, (1, 392, 518)).astype(np.float32)
+    stage = MapStage(MapStageSettings(), metric=False, log_error=pytest.fail)
+    views = 4
+    for window in range(12):
+        frames = [Frame("cam0", "cam0_optical", (window + i + 1) * STAMP_STEP_NS, np.zeros((48, 64, 3), np.uint8))
+                  for i in range(views)]
+        result = walking_result(views, 0, 0.0, depth, k)  # every view at the same place, seeing the same depth
+        assert stage.place(Window(frames, ["cam0"], views, frames[-1].stamp_ns, frames[-1].stamp_ns), result,
+                           1.0, frames[-1].stamp_ns) is not None
+    status = stage.status()
+    assert status.stats["redundant_sets"] >= 8, status.stats  # the new keyframe of every later window is culled
+    assert status.loop_images == status.stats["keyframes"] < views + 2, (status.loop_images, status.stats)

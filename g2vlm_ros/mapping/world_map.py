@@ -398,6 +398,11 @@ class WorldMap:
         viewpoints = np.array([pose[:3, 3] for _, pose in self.keyframe_trajectory()]).reshape(-1, 3)
         return occupancy_grid(points, up, floor_height, band, resolution, viewpoints=viewpoints)
 
+    def holds_keyframe(self, key: KeyframeKey) -> bool:
+        """Whether the map keeps this keyframe (a graph node); a demoted one (keyframe_culling) is not kept."""
+        with self._lock:
+            return key in self._keyframes
+
     def stats(self) -> MapStats:
         with self._lock:
             changes = list(self._scale_changes)

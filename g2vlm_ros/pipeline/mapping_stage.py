@@ -51,6 +51,8 @@ class MapStatus:
     loop_checks: int  # two-view windows run for a loop candidate
     loop_checks_failed: int  # the model or the check raised
     loop_candidates_without_image: int  # the candidate's image was no longer kept
+    loop_images: int  # keyframe images kept for loop checks (<= MapStageSettings.loop_images)
+    loop_image_bytes: int  # their memory: the map's largest store
     last_error: str
     stats: dict[str, Any]  # WorldMap.stats(): keyframes, edges, loops, points, scale drift ...
 
@@ -66,6 +68,10 @@ class KeyframeImages:
 
     def __len__(self) -> int:
         return len(self._images)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(image.nbytes for image in self._images.values())
 
     def add(self, key: KeyframeKey, rgb: np.ndarray) -> None:
         self._images[key] = rgb
@@ -142,7 +148,8 @@ class MapStage:
             self._last = placement
             keep_images = self.settings.map.loop_closure and self.settings.loop_images > 0
             for frame, view in zip(frames, views, strict=True):
-                if view.keyframe and keep_images:
+                # only keyframes the map kept can be loop candidates: a culled one's image would take a place
+                if view.keyframe and keep_images and self._map.holds_keyframe(view.key):
                     self._images.add(view.key, frame.rgb)
             self._pending_loop = request
         return placement
@@ -206,7 +213,8 @@ class MapStage:
                 last_scale_ratio=float("nan") if last is None else last.scale_ratio,
                 last_scale_spread=float("nan") if last is None else last.scale_spread,
                 loop_checks=self._loop_checks, loop_checks_failed=self._loop_checks_failed,
-                loop_candidates_without_image=self._loop_no_image, last_error=self._last_error,
+                loop_candidates_without_image=self._loop_no_image, loop_images=len(self._images),
+                loop_image_bytes=self._images.nbytes, last_error=self._last_error,
                 stats=_as_dict(stats))
 
 

@@ -186,6 +186,8 @@ def _map(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str) 
     status.add("last_scale_spread", world_map.last_scale_spread)
     status.add("loop_checks", world_map.loop_checks).add("loop_checks_failed", world_map.loop_checks_failed)
     status.add("loop_candidates_without_image", world_map.loop_candidates_without_image)
+    status.add("loop_images", world_map.loop_images)
+    status.add("loop_image_mib", round(world_map.loop_image_bytes / 2**20, 1))
     if world_map.last_error:
         status.add("last_error", world_map.last_error)
     if world_map.last_status == "reinitialized":
