@@ -51,17 +51,30 @@ class RobotPose:
 
 
 def robot_pose(tf_input: Optional[TfInput], odom_frame: str, base_frame: str, frame: Frame,
-               camera_to_map: np.ndarray) -> Optional[RobotPose]:
+               camera_to_map: np.ndarray, previous: Optional[RobotPose] = None) -> Optional[RobotPose]:
     """The base's pose and map -> odom for `frame` placed at `camera_to_map` (metric map), from TF at the frame's
-    stamp (odom_T_base, and base_T_camera of the driver's optical frame); None when TF cannot say."""
+    stamp (odom_T_base, and base_T_camera of the driver's optical frame); None when TF cannot say.
+
+    Odometry can reach TF after the image it goes with. Once the robot's TF was known (`previous`), a window
+    without odom_T_base at its stamp keeps the previous map -> odom (as a SLAM node republishes its last
+    correction), so that ~/odom and TF never switch to the camera frames in the middle of a run; the camera's
+    mount is then taken at the latest time when not at the stamp (mounts are static on most robots)."""
     if tf_input is None or not odom_frame or not base_frame:
         return None
     try:
-        odom_from_base = tf_input.lookup(odom_frame, base_frame, frame.stamp_ns)
         base_from_camera = tf_input.lookup(base_frame, frame.frame_id, frame.stamp_ns)
     except TransformUnavailable:
-        return None
+        if previous is None:
+            return None
+        try:
+            base_from_camera = tf_input.lookup(base_frame, frame.frame_id)
+        except TransformUnavailable:
+            return None
     map_from_base = camera_to_map @ np.linalg.inv(base_from_camera)
+    try:
+        odom_from_base = tf_input.lookup(odom_frame, base_frame, frame.stamp_ns)
+    except TransformUnavailable:
+        return None if previous is None else RobotPose(map_from_base, previous.map_from_odom)
     return RobotPose(map_from_base, map_from_base @ np.linalg.inv(odom_from_base))
 
 

@@ -261,6 +261,7 @@ class PerceptionNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock:
             self.pipeline.deactivate()
+            self.last_robot_pose = None  # the map starts afresh: its map -> odom too
             with self.entity_gate.changing_entities():
                 self.geometry_publisher.set_active(False)
                 self.map_publisher.set_active(False)
@@ -388,17 +389,20 @@ class PerceptionNode(LifecycleNode):
         if outputs.placement is not None and self._robot_odometry:
             camera = next(c for c in outputs.cameras if c.frame.camera == first_camera)
             robot = robot_pose(self.tf_input, config.odom_frame, config.base_frame, camera.frame,
-                               camera.camera_to_world)
-            self.last_robot_pose = robot or self.last_robot_pose
+                               camera.camera_to_world, previous=self.last_robot_pose)
+        # once the robot's TF was known, TF keeps its convention (map -> odom) even for a window without it
+        known = robot or self.last_robot_pose
+        self.last_robot_pose = known
         publisher.publish(outputs, FrameSettings(config.map_frame, config.frame_prefix, config.odom_frame,
-                                                 None if robot is None else robot.map_from_odom))
+                                                 None if known is None else known.map_from_odom))
         scale_publisher.publish(scale_message(frames, scale, config.map_frame))
         world_map = self.pipeline.map
         if outputs.placement is None or world_map is None:
             return
         map_frames = MapFrames(config.map_frame, optical_frame(first_camera, config.frame_prefix), config.odom_frame,
                                config.base_frame)
-        map_publisher.publish_odometry(outputs, first_camera, map_frames, robot)
+        if robot is not None or known is None:  # the base's pose unknown in the robot's convention: no odometry
+            map_publisher.publish_odometry(outputs, first_camera, map_frames, robot)
         map_publisher.publish_period_s = config.map_publish_period_s
         map_publisher.publish_map(world_map, first_camera, map_frames, outputs.newest_stamp_ns,
                                   map_up(self.last_robot_pose), force=outputs.placement.loop_closures > 0)
