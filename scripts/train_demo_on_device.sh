@@ -8,8 +8,8 @@
 #   bash scripts/train_demo_on_device.sh RUN_DIR 8 -- --init g2vlm_ros/demo_model --schedule-minutes 8 \
 #     --lr 1.5e-4 --warmup-steps 50
 # Join the pieces with: cat model.safetensors.part* > model.safetensors
-# For --resume, keep RUN_DIR outside the repository (e.g. /tmp/run) and make the second call while the machine is
-# still held: a run folder inside the repository's copy on the GPU machine did not survive to the next call (run 6).
+# For --resume, keep RUN_DIR outside the repository (e.g. /tmp/run), on a machine that stays up between the two
+# calls: a runner that refreshes the repository's copy before each call removes a run folder inside it (run 6).
 set -euo pipefail
 run_dir=$1; minutes=$2; shift 2
 resume=""; profile=0; extra=()
