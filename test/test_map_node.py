@@ -99,6 +99,7 @@ def test_the_path_is_the_chained_keyframe_trajectory_and_diagnostics_say_so(walk
                f"the map status never counted the path's {len(poses)} keyframes")
     status = map_status()[-1]
     assert status["units"] == "metres" and status["segments"] == "1" and status["last_status"] == "chained"
+    assert status["odometry_child_frame"] == "base_link"  # the robot's convention, as ~/odom says
 
 
 def test_map_and_grid_reach_a_late_subscriber(walk, ros_client):

@@ -35,6 +35,7 @@ class NodeView:
     last_callback_error: str
     sim_clock_problem: str
     depth_images_received: Optional[int]  # with scale_source depth_topic, once configured
+    odometry_frame: str = ""  # child frame of the last ~/odom, or why the last window had none; '' before any
 
 
 def node_statuses(node: NodeView, pipeline: PipelineStatus) -> list[StatusBuilder]:
@@ -186,6 +187,7 @@ def _map(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str) 
     status.add("last_scale_spread", world_map.last_scale_spread)
     status.add("loop_checks", world_map.loop_checks).add("loop_checks_failed", world_map.loop_checks_failed)
     status.add("loop_candidates_without_image", world_map.loop_candidates_without_image)
+    status.add("odometry_child_frame", node.odometry_frame or "none yet")
     status.add("loop_images", world_map.loop_images)
     status.add("loop_image_mib", round(world_map.loop_image_bytes / 2**20, 1))
     if world_map.last_error:

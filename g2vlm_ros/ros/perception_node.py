@@ -101,6 +101,7 @@ class PerceptionNode(LifecycleNode):
         self.geometry_publisher: Optional[GeometryPublisher] = None
         self.map_publisher: Optional[MapPublisher] = None
         self.last_robot_pose: Optional[RobotPose] = None  # the map's up comes from the robot's odometry when known
+        self.odometry_frame = ""  # diagnostics: the child frame of the last ~/odom
         self.scale_input: Optional[ScaleInput] = None
         self.scale_publisher = None
         self.tf_input: Optional[TfInput] = None
@@ -262,6 +263,7 @@ class PerceptionNode(LifecycleNode):
         with self._transition_lock:
             self.pipeline.deactivate()
             self.last_robot_pose = None  # the map starts afresh: its map -> odom too
+            self.odometry_frame = ""
             with self.entity_gate.changing_entities():
                 self.geometry_publisher.set_active(False)
                 self.map_publisher.set_active(False)
@@ -403,6 +405,9 @@ class PerceptionNode(LifecycleNode):
                                config.base_frame)
         if robot is not None or known is None:  # the base's pose unknown in the robot's convention: no odometry
             map_publisher.publish_odometry(outputs, first_camera, map_frames, robot)
+            self.odometry_frame = map_frames.base_frame if robot is not None else map_frames.camera_frame
+        else:
+            self.odometry_frame = f"withheld: TF had no {config.base_frame} -> camera mount for the last window"
         map_publisher.publish_period_s = config.map_publish_period_s
         map_publisher.publish_map(world_map, first_camera, map_frames, outputs.newest_stamp_ns,
                                   map_up(self.last_robot_pose), force=outputs.placement.loop_closures > 0)
@@ -437,7 +442,8 @@ class PerceptionNode(LifecycleNode):
             questions=self.ask_handler.stats(), tf_output_mode=self.tf_output.mode, tf_input=self.tf_input,
             callback_errors=guard.total, last_callback_error=guard.last_error,
             sim_clock_problem=self.sim_clock.problem,
-            depth_images_received=None if scale_input is None else scale_input.depth_received)
+            depth_images_received=None if scale_input is None else scale_input.depth_received,
+            odometry_frame=self.odometry_frame)
 
     def destroy_node(self) -> None:
         # getattr: also called by rclpy's shutdown on a node whose __init__ failed half-way
