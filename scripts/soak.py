@@ -157,18 +157,20 @@ def rss_figures(samples: list[tuple[float, float]], duration_s: float, warmup_s:
     """Floors and peaks of 1-s RSS samples over spans of a tenth of the run (at least 5 s)."""
     span_s = max(duration_s / 10, 5.0)
 
+    def between(begin_s: float, end_s: float) -> list[float]:
+        return [rss for at, rss in samples if begin_s <= at < end_s]
+
     def floor_from(begin_s: float) -> float:
-        inside = [rss for at, rss in samples if begin_s <= at < begin_s + span_s]
+        inside = between(begin_s, begin_s + span_s)
         return min(inside) if inside else samples[-1][1]
 
     spans = []
     count = max(1, round(samples[-1][0] / span_s))  # the last span takes the few samples past the nominal end
     for index in range(count):
-        end_s = (index + 1) * span_s if index < count - 1 else math.inf
-        inside = [rss for at, rss in samples if index * span_s <= at < end_s]
+        inside = between(index * span_s, (index + 1) * span_s if index < count - 1 else math.inf)
         if inside:
             spans.append((min((index + 1) * span_s, samples[-1][0]), min(inside), max(inside)))
-    end_floor = min(rss for at, rss in samples if at >= samples[-1][0] - span_s)
+    end_floor = min(between(samples[-1][0] - span_s, math.inf))
     return RssFigures(span_s, spans, floor_from(warmup_s), floor_from(max(duration_s / 2, warmup_s)), end_floor,
                       max(rss for _, rss in samples))
 

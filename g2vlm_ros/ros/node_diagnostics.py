@@ -35,7 +35,7 @@ class NodeView:
     last_callback_error: str
     sim_clock_problem: str
     depth_images_received: Optional[int]  # with scale_source depth_topic, once configured
-    odometry_frame: str = ""  # child frame of the last ~/odom, or why the last window had none; '' before any
+    odometry_frame: str  # child frame of the last ~/odom, or why the last window had none; '' before any
 
 
 def node_statuses(node: NodeView, pipeline: PipelineStatus) -> list[StatusBuilder]:
