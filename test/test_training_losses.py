@@ -45,8 +45,22 @@ def perfect_raw(depth, intrinsics, poses, scale: float) -> dict[str, torch.Tenso
 def test_a_perfect_prediction_at_any_scale_costs_nothing(scale):
     depth, intrinsics, poses = scene()
     parts = scene_losses(perfect_raw(depth, intrinsics, poses, scale), poses, depth, intrinsics, LossWeights())
-    for key in ("local", "global", "camera", "normal", "total"):
+    for key in ("local", "global", "camera", "normal", "direction", "total"):
         assert float(parts[key]) < 1e-3, (key, float(parts[key]))  # camera: sqrt(eps) = 1e-4 floor
+
+
+def test_the_direction_term_sees_a_short_step_read_the_wrong_way():
+    """A short step read backwards barely moves the camera term (an error in units of the scene's size) but
+    costs the direction term its maximum, 2; the term counts only with a weight."""
+    depth, intrinsics, poses = scene(2)
+    poses[1, :3, 3] = poses[0, :3, 3] + torch.tensor([0.0, 0.0, 0.05])  # 5 cm forward at 2-3 m depth
+    base = perfect_raw(depth, intrinsics, poses, 1.0)
+    backwards = dict(base, translation=-base["translation"])
+    plain = scene_losses(backwards, poses, depth, intrinsics, LossWeights())
+    weighted = scene_losses(backwards, poses, depth, intrinsics, LossWeights(direction=0.1))
+    assert float(plain["camera"]) < 0.01
+    assert float(plain["direction"]) == pytest.approx(2.0, abs=1e-4)
+    assert float(weighted["total"] - plain["total"]) == pytest.approx(0.2, abs=1e-4)
 
 
 def test_each_kind_of_error_raises_its_loss():

@@ -90,6 +90,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--motion", choices=MOTIONS, default="mixed",
                         help="camera walks of the training scenes (scenes.WALKS, ROBOT_WALKS); "
                              "'forward' as in runs 1 and 2")
+    parser.add_argument("--direction-weight", type=float, default=0.0,
+                        help="weight of the loss on the direction of each pair's translation (losses.py); 0: off")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -109,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.init is not None:
         model.load_state_dict(load_checkpoint(args.init, device=device, dtype=torch.float32).state_dict())
     model.train()
-    weights = LossWeights()
+    weights = LossWeights(direction=args.direction_weight)
     parameters = sum(p.numel() for p in model.parameters())
     start = f"from step {step}" if args.resume else (f"from {args.init}" if args.init else "from initialisation")
     print(f"demo G2VLM: {parameters / 1e6:.2f} M parameters on {device}, {start}, {args.motion} walks", flush=True)
