@@ -13,10 +13,14 @@ TINY_RUN = ["--batch", "1", "--views", "2", "--height", "56", "--width", "56", "
 
 
 def test_training_saves_a_loadable_checkpoint_and_resumes(tmp_path):
-    assert train.main(["--out", str(tmp_path), "--total-steps", "3", *TINY_RUN]) == 0
+    # a snapshot at 0 minutes: after the first step, a loadable folder beside the run's own
+    assert train.main(["--out", str(tmp_path), "--total-steps", "3", "--snapshot-minutes", "0",
+                       "--direction-weight", "0.1", *TINY_RUN]) == 0
+    load_checkpoint(tmp_path / "snapshot_0", device="cpu", dtype=torch.float32)
     log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(entry["total"])) for entry in log)
+    assert all(entry["direction"] >= 0 for entry in log)
     assert train.main(["--out", str(tmp_path), "--total-steps", "5", "--resume", *TINY_RUN]) == 0
     log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5]

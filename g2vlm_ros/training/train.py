@@ -60,10 +60,15 @@ def geometry_forward(model: G2VLM, images: torch.Tensor) -> dict[str, torch.Tens
     return model.decode_geometry_raw(tokens, images.shape[-2], images.shape[-1])
 
 
-def save(model: G2VLM, optimizer, step: int, trained_minutes: float, folder: Path) -> None:
+def save_weights(model: G2VLM, folder: Path) -> None:
+    """The checkpoint folder alone (config JSONs, bf16 model.safetensors, token_ids.json): what ships."""
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, folder, dtype="bf16")
     (folder / "token_ids.json").write_text(json.dumps({"prompt_token_ids": PROMPT_IDS, "special_token_ids": SPECIAL}))
+
+
+def save(model: G2VLM, optimizer, step: int, trained_minutes: float, folder: Path) -> None:
+    save_weights(model, folder)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "trained_minutes": trained_minutes},
                folder / "train_state.pt")
@@ -92,6 +97,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "'forward' as in runs 1 and 2")
     parser.add_argument("--direction-weight", type=float, default=0.0,
                         help="weight of the loss on the direction of each pair's translation (losses.py); 0: off")
+    parser.add_argument("--snapshot-minutes", type=float, nargs="*", default=[],
+                        help="also keep the weights after this many minutes of this run, in OUT/snapshot_<minutes>: "
+                             "one call then gives more than one candidate to evaluate")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -120,6 +128,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.perf_counter()
     sums: dict[str, torch.Tensor] = {}
     counted = 0
+    snapshots = sorted(args.snapshot_minutes)
 
     def trained_minutes() -> float:
         return previous_minutes + (time.perf_counter() - started) / 60
@@ -160,6 +169,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             with log.open("a") as handle:
                 handle.write(json.dumps(entry) + "\n")
             sums, counted = {}, 0
+        if snapshots and time.perf_counter() - started >= snapshots[0] * 60:
+            save_weights(model, args.out / f"snapshot_{snapshots.pop(0):g}")
+            print(f"snapshot at step {step}", flush=True)
     save(model, optimizer, step, trained_minutes(), args.out)
     print(f"saved step {step} to {args.out} after {trained_minutes():.1f} min of training", flush=True)
     return 0
