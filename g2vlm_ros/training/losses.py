@@ -9,10 +9,11 @@ least-squares factor s* per scene maps the predicted local points onto it. With 
   normal  1 - cosine between normals of the predicted and true local point maps
   direction  1 - cosine between predicted and true translations of every pair of views (off by default)
 
-Why `direction`: the camera term's translation part is an absolute error in units of the scene's size, so a short
-step (0.17 m in a room seen at 2 m: 0.085 units) read 80 degrees off costs about as little as a millimetre of
-depth; the direction of motion, which a robot's odometry lives on, gets almost no gradient (docs/demo_model.md,
-run 7). The cosine does not shrink with the step.
+Why `direction`: the camera term's translation part is a Huber error in units of the scene's size, so a short step
+(0.17 m in a room seen at 2 m is 0.085 units) read the wrong way costs it little (a 5 cm step read backwards: under
+0.01, test_training_losses), and the direction of motion, which a robot's odometry lives on, gets little gradient
+(docs/demo_model.md, runs 7 and 8). The cosine does not shrink with the step. Its gradient does grow as the step
+shrinks: weigh it accordingly (0.01-0.02 puts it on a par with the other terms).
 """
 from __future__ import annotations
 
