@@ -7,7 +7,7 @@ import pytest
 
 from g2vlm_ros.geometry.tf_buffer import TransformBuffer
 from g2vlm_ros.pipeline.frame import Frame
-from g2vlm_ros.ros.map_outputs import robot_pose
+from g2vlm_ros.ros.map_outputs import MapFrames, RobotPose, odometry_child, robot_pose
 
 SECOND = 1_000_000_000
 MOUNT = np.array([0.2, 0.0, 0.5])  # camera in base_link (rotation left out: the frames' axes agree here)
@@ -54,3 +54,16 @@ def test_without_the_camera_s_mount_the_base_is_unknown(tf):
     unmounted = Frame("other", "other_optical", 2 * SECOND, np.zeros((4, 4, 3), np.uint8))
     assert robot_pose(tf, "odom", "base_link", unmounted, np.eye(4), previous=previous) is None
     assert robot_pose(None, "odom", "base_link", frame(2 * SECOND), np.eye(4), previous=previous) is None
+
+
+def test_with_robot_odometry_configured_odom_waits_for_the_robot_instead_of_using_the_camera_frame():
+    """~/odom's child frame never changes in a run: with robot odometry configured it is base_link or withheld
+    (diagnostics say why); without, it is the camera's optical frame."""
+    frames = MapFrames("g2vlm_map", "g2vlm/front_optical", "odom", "base_link")
+    known = RobotPose(np.eye(4), np.eye(4))
+    child, said = odometry_child(None, None, True, frames)
+    assert child is None and said.startswith("withheld: waiting for TF odom -> base_link")
+    assert odometry_child(known, None, True, frames) == ("base_link", "base_link")
+    child, said = odometry_child(None, known, True, frames)
+    assert child is None and "camera mount" in said
+    assert odometry_child(None, None, False, frames) == ("g2vlm/front_optical", "g2vlm/front_optical")

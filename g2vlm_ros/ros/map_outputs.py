@@ -2,8 +2,9 @@
 map -> odom transform of the SLAM convention (REP 105). Builds messages only; the map is g2vlm_ros.mapping's.
 
   ~/odom      nav_msgs/Odometry of every mapped window: the pose in map_frame of the robot's base_frame when TF
-              gives odom_frame -> base_frame and the camera's mount, else of the first camera's predicted optical
-              frame (<frame_prefix><camera>_optical). Covariance: see odometry_covariance.
+              gives odom_frame -> base_frame and the camera's mount (none before, see odometry_child), without
+              robot odometry of the first camera's predicted optical frame (<frame_prefix><camera>_optical).
+              Covariance: see odometry_covariance.
   ~/path      nav_msgs/Path: the whole optimized keyframe trajectory of the first camera
   ~/map       sensor_msgs/PointCloud2: the accumulated, voxel-downsampled map cloud (transient local)
   ~/map_grid  nav_msgs/OccupancyGrid of the map's height band (transient local)
@@ -76,6 +77,24 @@ def robot_pose(tf_input: Optional[TfInput], odom_frame: str, base_frame: str, fr
     except TransformUnavailable:
         return None if previous is None else RobotPose(map_from_base, previous.map_from_odom)
     return RobotPose(map_from_base, map_from_base @ np.linalg.inv(odom_from_base))
+
+
+def odometry_child(robot: Optional[RobotPose], previous: Optional[RobotPose], robot_odometry: bool,
+                   frames: MapFrames) -> tuple[Optional[str], str]:
+    """The child frame of a window's ~/odom (None: withheld) and what diagnostics say of it.
+
+    robot: this window's robot_pose; previous: the last one known; robot_odometry: the node is configured to place
+    the robot (a metric map, odom_frame and base_frame). Then ~/odom is of base_frame or is not published at all: an
+    EKF or Nav2 fed by it must never see its child frame change, so it waits for TF's odom -> base and the camera's
+    mount. Without robot odometry it is of the first camera's optical frame."""
+    if robot is not None:
+        return frames.base_frame, frames.base_frame
+    if previous is not None:
+        return None, f"withheld: TF had no {frames.base_frame} -> camera mount for the last window"
+    if robot_odometry:
+        return None, (f"withheld: waiting for TF {frames.odom_frame} -> {frames.base_frame} and the camera's mount "
+                      f"(~/odom is of {frames.base_frame} once TF has them)")
+    return frames.camera_frame, frames.camera_frame
 
 
 def odometry_covariance(residual: float, scale_spread: float, distance_in_window: float,

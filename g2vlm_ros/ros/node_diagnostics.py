@@ -195,6 +195,8 @@ def _map(node: NodeView, pipeline: PipelineStatus, name: str, hardware_id: str) 
     if world_map.last_status == "reinitialized":
         status.set(WARN, "the last window shared no keyframe with the map: a new segment started (its link to the "
                          "previous one is a guess)")
+    elif node.odometry_frame.startswith("withheld"):
+        status.set(WARN, f"~/odom {node.odometry_frame}")
     elif world_map.last_status:
         status.set(status.level, f"{world_map.stats.get('keyframes', 0)} keyframes, last window "
                                  f"{world_map.last_status}")

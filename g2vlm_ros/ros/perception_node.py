@@ -44,7 +44,7 @@ from g2vlm_ros.ros.ask_handler import AskHandler, internal_error_response
 from g2vlm_ros.ros.camera_input import CameraInput
 from g2vlm_ros.ros.conversions import ImageConversionError
 from g2vlm_ros.ros.diagnostics import diagnostic_array
-from g2vlm_ros.ros.map_outputs import MapFrames, MapPublisher, RobotPose, map_up, robot_pose
+from g2vlm_ros.ros.map_outputs import MapFrames, MapPublisher, RobotPose, map_up, odometry_child, robot_pose
 from g2vlm_ros.ros.map_services import create_map_services
 from g2vlm_ros.ros.node_diagnostics import NodeView, node_statuses
 from g2vlm_ros.ros.outputs import FrameSettings, GeometryPublisher, optical_frame
@@ -393,7 +393,8 @@ class PerceptionNode(LifecycleNode):
             robot = robot_pose(self.tf_input, config.odom_frame, config.base_frame, camera.frame,
                                camera.camera_to_world, previous=self.last_robot_pose)
         # once the robot's TF was known, TF keeps its convention (map -> odom) even for a window without it
-        known = robot or self.last_robot_pose
+        previous = self.last_robot_pose
+        known = robot or previous
         self.last_robot_pose = known
         publisher.publish(outputs, FrameSettings(config.map_frame, config.frame_prefix, config.odom_frame,
                                                  None if known is None else known.map_from_odom))
@@ -403,11 +404,9 @@ class PerceptionNode(LifecycleNode):
             return
         map_frames = MapFrames(config.map_frame, optical_frame(first_camera, config.frame_prefix), config.odom_frame,
                                config.base_frame)
-        if robot is not None or known is None:  # the base's pose unknown in the robot's convention: no odometry
+        child, self.odometry_frame = odometry_child(robot, previous, self._robot_odometry, map_frames)
+        if child is not None:
             map_publisher.publish_odometry(outputs, first_camera, map_frames, robot)
-            self.odometry_frame = map_frames.base_frame if robot is not None else map_frames.camera_frame
-        else:
-            self.odometry_frame = f"withheld: TF had no {config.base_frame} -> camera mount for the last window"
         map_publisher.publish_period_s = config.map_publish_period_s
         map_publisher.publish_map(world_map, first_camera, map_frames, outputs.newest_stamp_ns,
                                   map_up(self.last_robot_pose), force=outputs.placement.loop_closures > 0)
