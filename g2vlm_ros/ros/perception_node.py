@@ -387,13 +387,12 @@ class PerceptionNode(LifecycleNode):
             return  # released while the model ran
         config, frames, scale = self.config, snapshot.window.frames, snapshot.scale
         first_camera = self.camera_names[0]
-        robot = None
+        robot, previous = None, self.last_robot_pose  # read once: deactivation resets it from another thread
         if outputs.placement is not None and self._robot_odometry:
             camera = next(c for c in outputs.cameras if c.frame.camera == first_camera)
             robot = robot_pose(self.tf_input, config.odom_frame, config.base_frame, camera.frame,
-                               camera.camera_to_world, previous=self.last_robot_pose)
+                               camera.camera_to_world, previous=previous)
         # once the robot's TF was known, TF keeps its convention (map -> odom) even for a window without it
-        previous = self.last_robot_pose
         known = robot or previous
         self.last_robot_pose = known
         publisher.publish(outputs, FrameSettings(config.map_frame, config.frame_prefix, config.odom_frame,
