@@ -225,36 +225,44 @@ def ros_client():
 class Camera:
     """Publishes frames of one camera at a fixed rate from a background timer of the test's client node.
     offset_s shifts its stamps (a camera on another clock); info_frame also sends a camera_info per frame with
-    that frame_id; size is the images' (width, height)."""
+    that frame_id; size is the images' (width, height). rate_hz None: no timer of its own (a rig's follower)."""
 
-    def __init__(self, ros_client, name: str, rate_hz: float = 10.0, offset_s: float = 0.0, info_frame: str = "",
-                 size: tuple[int, int] = (640, 480)):
+    def __init__(self, ros_client, name: str, rate_hz: Optional[float] = 10.0, offset_s: float = 0.0,
+                 info_frame: str = "", size: tuple[int, int] = (640, 480)):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
 
         self.ros, self.name, self.offset_ns, self.info_frame, self.size = (
             ros_client, name, int(offset_s * 1e9), info_frame, size)
+        self.followers: list[Camera] = []  # cameras triggered with this one: the same stamp, the same moment
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = ros_client.node.create_publisher(Image, f"/{name}/image_raw", reliable)
         self.infos = ros_client.node.create_publisher(CameraInfo, f"/{name}/camera_info", reliable) if info_frame \
             else None
-        self.timer = ros_client.node.create_timer(1.0 / rate_hz, self.publish)
+        self.timer = ros_client.node.create_timer(1.0 / rate_hz, self.publish) if rate_hz else None
 
     def publish(self) -> None:
+        now_ns = self.ros.node.get_clock().now().nanoseconds
+        for camera in (self, *self.followers):
+            camera.send(now_ns + camera.offset_ns)
+
+    def send(self, stamp_ns: int) -> None:
         from sensor_msgs.msg import CameraInfo
         from std_msgs.msg import Header
 
         from test_node_process import rgb_image  # a test module: imported when a camera runs, not with conftest
 
         header = Header(frame_id=f"{self.name}_optical")
-        header.stamp.sec, header.stamp.nanosec = divmod(
-            self.ros.node.get_clock().now().nanoseconds + self.offset_ns, 1_000_000_000)
+        header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         width, height = self.size
         if self.infos is not None:
             info = CameraInfo(header=Header(frame_id=self.info_frame, stamp=header.stamp), width=width, height=height)
             info.k = [0.8 * width, 0.0, width / 2, 0.0, 0.8 * width, height / 2, 0.0, 0.0, 1.0]
             self.infos.publish(info)
         self.publisher.publish(rgb_image((90, 140, 200), header, width=width, height=height))
+
+    def set_rate(self, rate_hz: float) -> None:
+        self.timer.timer_period_ns = round(1e9 / rate_hz)  # rcl swaps the period atomically: safe while spinning
 
     def pause(self) -> None:
         self.timer.cancel()
@@ -263,7 +271,8 @@ class Camera:
         self.timer.reset()
 
     def stop(self) -> None:
-        self.ros.node.destroy_timer(self.timer)
+        if self.timer is not None:
+            self.ros.node.destroy_timer(self.timer)
 
 
 @pytest.fixture
@@ -278,6 +287,20 @@ def camera(ros_client):
     yield start
     for started in cameras:
         started.stop()
+
+
+@pytest.fixture
+def camera_rig(camera):
+    """camera_rig(count, **Camera options) -> `count` hardware-triggered cameras: one timer publishes a frame of
+    each with one stamp. Separate timers drift a tick apart when the client is busy, and their frames then rightly
+    match nothing."""
+
+    def start(count: int, **options) -> list[Camera]:
+        leader = camera(**options)
+        leader.followers = [camera(**(options | {"rate_hz": None})) for _ in range(count - 1)]
+        return [leader, *leader.followers]
+
+    return start
 
 
 FIXTURES = REPO / "test" / "fixtures"

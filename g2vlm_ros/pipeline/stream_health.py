@@ -72,7 +72,8 @@ def sync_failure(newest_stamps_ns: Mapping[str, Optional[int]], ages_s: Mapping[
     oldest, newest = min(stamps, key=stamps.get), max(stamps, key=stamps.get)
     skew_s = (stamps[newest] - stamps[oldest]) * 1e-9
     return (f"no synchronized set for {since_last_set_s:.1f} s: camera '{newest}' is stamped {skew_s:.3f} s after "
-            f"camera '{oldest}' (sync_slop_s {slop_s:g}); check that the cameras' clocks agree")
+            f"camera '{oldest}' (sync_slop_s {slop_s:g}); check that the cameras' clocks agree, and that the node "
+            "keeps up with their frames (one that falls behind drops each camera's frames on its own)")
 
 
 def inference_stale(since_last_window_s: Optional[float], timeout_s: float, cause: str = "") -> Optional[str]:

@@ -93,7 +93,12 @@ class PerceptionNode(LifecycleNode):
         self._input_log = LogThrottle()
         self._transition_lock = threading.Lock()
         self._camera_subscriptions: list = []
-        self._inputs_group = MutuallyExclusiveCallbackGroup()
+        self._inputs_group = MutuallyExclusiveCallbackGroup()  # TF, odometry and scale inputs
+        # Each camera topic has its own group: a topic's frames stay in order, while cameras are taken in the same
+        # executor pass and converted in parallel. In one shared group a slow conversion (large compressed images)
+        # starves the later cameras and takes them a conversion apart, so that their frames stop matching in time.
+        self._camera_groups = {camera.name: (MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup())
+                               for camera in self.config.cameras}
         self.inputs = {camera.name: CameraInput(camera, self.get_logger().warning) for camera in self.config.cameras}
         self.pipeline = PerceptionPipeline(pipeline_settings(self.config), self._publish_window, self.get_logger(),
                                            shutting_down=lambda: not self.context.ok())
@@ -244,13 +249,13 @@ class PerceptionNode(LifecycleNode):
                 self._camera_subscriptions.append(self.create_subscription(
                     message_type, camera.image_topic,
                     guard.wrap(f"camera '{camera.name}' image", lambda msg, c=camera_input: self._on_image(c, msg)),
-                    self.input_qos, callback_group=self._inputs_group))
+                    self.input_qos, callback_group=self._camera_groups[camera.name][0]))
                 if camera.camera_info_topic:
                     self._camera_subscriptions.append(self.create_subscription(
                         CameraInfo, camera.camera_info_topic,
                         guard.wrap(f"camera '{camera.name}' camera_info",
                                    lambda msg, c=camera_input: self._on_camera_info(c, msg)),
-                        self.input_qos, callback_group=self._inputs_group))
+                        self.input_qos, callback_group=self._camera_groups[camera.name][1]))
             self.geometry_publisher.set_active(True)
             self.map_publisher.set_active(True)
             self.scale_publisher.on_activate(state)
@@ -460,8 +465,10 @@ def main(args: Optional[list[str]] = None) -> int:
         rclpy.try_shutdown()
         return 2
     # a question being answered holds an executor thread until its answer is ready: keep enough threads
-    # beyond max_concurrent_questions that camera input, services and timers never wait for answers
-    executor = MultiThreadedExecutor(num_threads=4 + node.config.max_concurrent_questions)
+    # beyond max_concurrent_questions that camera input (a thread per camera), services and timers never wait
+    # for answers
+    executor = MultiThreadedExecutor(
+        num_threads=4 + len(node.config.cameras) + node.config.max_concurrent_questions)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     def start() -> None:  # a task of the executor: configure then sees TF arriving, as it does when asked later
