@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from g2vlm_ros.backends.torch_backend import CapturedGraph
 from g2vlm_ros.cli.bench_model import PROMPT_IDS, SPECIAL, build_model
-from g2vlm_ros.deploy.export import Bucket, GeometryGraph
+from g2vlm_ros.deploy.export import Bucket, GeometryGraph, graph_output_names
 from g2vlm_ros.model import kernels, mot
 from g2vlm_ros.model.fused import FusedLinears
 from g2vlm_ros.model.mot import TokenGroup
@@ -257,10 +257,10 @@ def network_check(model, views: int) -> dict:
     bucket = Bucket(views, 392, 518)
     net = GeometryGraph(model, bucket, PROMPT_IDS_FOR(model), SPECIAL_FOR(model)).eval()
     images = [torch.rand(views, 3, 392, 518, device=model.device) for _ in range(2)]
-    captured = CapturedGraph(net, bucket, model.device) if DEVICE.type == "cuda" else net
+    captured = CapturedGraph(net, bucket, model.device, graph_output_names(model)) if DEVICE.type == "cuda" else net
     with torch.no_grad():
-        replays = [captured(x) for x in images]
-        again = captured(images[-1])
+        replays = [as_tuple(captured(x)) for x in images]
+        again = as_tuple(captured(images[-1]))
         eager = [net(x) for x in images]
         at_zeros = net(torch.zeros_like(images[0]))
     result = {"replays": [worst(r, e) for r, e in zip(replays, eager, strict=True)],
@@ -325,9 +325,9 @@ def matrix(folder: Path) -> dict:
 
     def direct(model):
         net = GeometryGraph(model, Bucket(1, 392, 518), prompt, special).eval()
-        captured = CapturedGraph(net, Bucket(1, 392, 518), DEVICE)
+        captured = CapturedGraph(net, Bucket(1, 392, 518), DEVICE, graph_output_names(model))
         with torch.no_grad():
-            got = [captured(real) for _ in range(3)]
+            got = [as_tuple(captured(real)) for _ in range(3)]
             ref = net(real)
         return {"replays": [worst(g, ref) for g in got], "again": worst(got[-1], got[0])}
 

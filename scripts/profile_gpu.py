@@ -110,6 +110,7 @@ def profile_geometry(model, args) -> None:
         print(f"\n{views} view(s): model {model_ms:.2f} ms, end to end {e2e_ms:.2f} ms")
         if args.stages:
             stage_times(backend, frames, 10)
+            transfer_times(views)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
                 backend.raw_outputs(batch)
@@ -150,11 +151,11 @@ def post_profile(backend, frames, count: int) -> None:
 
 
 def stage_times(backend, frames, repeats: int) -> None:
-    """Host wall time of each stage of an end-to-end window, with a sync after each."""
+    """Host wall time of each stage of an end-to-end window (CUDA graphs), with a sync after each."""
     from g2vlm_ros.backends.backend import GeometryResult
     from g2vlm_ros.backends.preprocess import prepare_images
+    from g2vlm_ros.backends.window_post import confidence_source
     from g2vlm_ros.cli.bench_backends import node_postprocess
-    from g2vlm_ros.model.g2vlm import Reconstruction
 
     samples = defaultdict(list)
     for _ in range(repeats):
@@ -164,21 +165,50 @@ def stage_times(backend, frames, repeats: int) -> None:
         torch.cuda.synchronize()
         marks.append(time.perf_counter())
         with torch.no_grad():
-            raw = backend.raw_outputs(batch)
+            captured = backend._network_for(batch)
+            raw = captured.replay(batch)
             torch.cuda.synchronize()
             marks.append(time.perf_counter())
-            reconstruction = Reconstruction.from_raw(raw)
-            torch.cuda.synchronize()
-            marks.append(time.perf_counter())
-            result = GeometryResult.from_reconstruction(reconstruction, colors, descriptors=raw.get("descriptor"))
+            result = GeometryResult.from_outputs(captured.post(), colors, confidence_source(raw))
             torch.cuda.synchronize()
             marks.append(time.perf_counter())
         node_postprocess(result)
         marks.append(time.perf_counter())
-        for name, a, b in zip(("preprocess", "network", "from_raw", "result", "node post"), marks[:-1], marks[1:],
-                              strict=True):
+        for name, a, b in zip(("preprocess", "network", "post (host pose, captured)", "node post"), marks[:-1],
+                              marks[1:], strict=True):
             samples[name].append((b - a) * 1e3)
     print("  stages (ms, synced): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in samples.items()))
+
+
+def transfer_times(views: int, repeats: int = 20) -> None:
+    """The copies an end-to-end window cannot avoid, alone: frames stacked into page-locked memory and
+    uploaded, and the host outputs of bench_backends' node post-processing (every view's depth at 640x480,
+    its stride-2 cloud and colours) downloaded as that code does (pageable), and page-locked for comparison."""
+    frames = [np.zeros((480, 640, 3), np.uint8) for _ in range(views)]
+    pinned = torch.empty((views, 480, 640, 3), dtype=torch.uint8, pin_memory=True)
+    depth = torch.zeros(views, 480, 640, device="cuda")
+    cloud = torch.zeros(views * 196 * 259, 3, device="cuda")
+    colors = torch.zeros(views * 196 * 259, 3, dtype=torch.uint8, device="cuda")
+    outputs = (depth, cloud, colors)
+    landing = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outputs]
+
+    def timed(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - started) / repeats * 1e3
+
+    stack = timed(lambda: np.stack(frames, out=pinned.numpy()))
+    upload = timed(lambda: pinned.to("cuda", non_blocking=True))
+    pageable = timed(lambda: [t.cpu() for t in outputs])
+    locked = timed(lambda: [dst.copy_(t, non_blocking=True) for dst, t in zip(landing, outputs, strict=True)])
+    megabytes = sum(t.numel() * t.element_size() for t in outputs) / 1e6
+    print(f"  transfers, {views} view(s): stack {stack:.2f} ms + upload {upload:.2f} ms "
+          f"({pinned.numel() / 1e6:.1f} MB); outputs {megabytes:.1f} MB down: pageable {pageable:.2f} ms, "
+          f"page-locked {locked:.2f} ms")
 
 
 def main() -> None:

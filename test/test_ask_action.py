@@ -174,14 +174,21 @@ def test_ask_cli_exit_codes_and_output(ask_node):
     node = f"/{NODE}"
     # Independent runs in parallel: each CLI start (interpreter, rclpy, discovery) takes about a second.
     runs = {
-        "service": ask("How far is the chair?", "--node", node, "--camera", "front", "--camera", "left",
-                       "--timeout", "2"),
-        "stream": ask("How far is the chair?", "--node", node, "--stream"),
-        "refused": ask("please refuse", "--node", node),
-        "no_service": ask("How far?", "--node", "/nobody", "--wait", "1"),
-        "no_action": ask("How far?", "--node", "/nobody", "--wait", "1", "--stream"),
+        "service": ("How far is the chair?", "--node", node, "--camera", "front", "--camera", "left", "--timeout", "2"),
+        "stream": ("How far is the chair?", "--node", node, "--stream"),
+        "refused": ("please refuse", "--node", node),
+        "no_service": ("How far?", "--node", "/nobody", "--wait", "1"),
+        "no_action": ("How far?", "--node", "/nobody", "--wait", "1", "--stream"),
     }
-    results = {name: (process.wait(30), process.stdout.read()) for name, process in runs.items()}
+    started = {name: ask(*args) for name, args in runs.items()}
+    results = {name: (process.wait(30), process.stdout.read()) for name, process in started.items()}
+    for name, (code, out) in results.items():
+        # Seen once under load: the DDS middleware crashed (segmentation fault) while rclpy created the CLI's
+        # node, before any code of the CLI ran. A native crash there is rerun once; everything the CLI does
+        # (exit codes, output) is checked as before, and a second crash fails the test.
+        if code < 0 and "in create_node" in out:
+            rerun = ask(*runs[name])
+            results[name] = (rerun.wait(30), rerun.stdout.read())
 
     code, out = results["service"]
     assert code == 0, out

@@ -9,8 +9,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from g2vlm_ros.geometry.window_frame import anchor_to_first_camera, head_agreement_confidence
-
 
 class BackendUnavailableError(RuntimeError):
     """A backend cannot be created here (missing weights, package, device or implementation)."""
@@ -47,23 +45,16 @@ class GeometryResult:
     descriptors: Optional[torch.Tensor] = None
 
     @classmethod
-    def from_reconstruction(cls, reconstruction, colors: torch.Tensor,
-                            descriptors: Optional[torch.Tensor] = None) -> GeometryResult:
-        """From a `g2vlm_ros.model` Reconstruction (mapping of tensors) and the resized inputs.
-
-        The world frame becomes the first view's optical frame (see window_frame); without a
-        confidence head the confidence is the agreement of the two point heads."""
-        camera_to_world, world_points = anchor_to_first_camera(reconstruction["camera_poses"], reconstruction["points"])
-        confidence, source = reconstruction.get("confidence"), "head"
-        if confidence is None and "global_points" in reconstruction:
-            confidence = head_agreement_confidence(world_points, reconstruction["global_points"],
-                                                   reconstruction["depth"])
-            source = "head_agreement"
-        return cls(depth=reconstruction["depth"], local_points=reconstruction["local_points"],
-                   world_points=world_points, camera_to_world=camera_to_world,
-                   intrinsics=reconstruction["intrinsics"], colors=colors, confidence=confidence,
-                   confidence_source=source if confidence is not None else "none", descriptors=descriptors)
-
+    def from_outputs(cls, outputs: dict[str, torch.Tensor], colors: torch.Tensor,
+                     confidence_source: str) -> GeometryResult:
+        """From a window's finished outputs (backends.window_post: the world frame is the first view's
+        optical frame) and the resized inputs."""
+        confidence = outputs.get("confidence")
+        return cls(depth=outputs["depth"], local_points=outputs["local_points"],
+                   world_points=outputs["world_points"], camera_to_world=outputs["camera_to_world"],
+                   intrinsics=outputs["intrinsics"], colors=colors, confidence=confidence,
+                   confidence_source=confidence_source if confidence is not None else "none",
+                   descriptors=outputs.get("descriptors"))
 
     @property
     def num_views(self) -> int:

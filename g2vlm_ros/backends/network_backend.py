@@ -10,8 +10,7 @@ import torch
 
 from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult, check_rgb_images
 from g2vlm_ros.backends.preprocess import prepare_images
-from g2vlm_ros.deploy.export import DESCRIPTOR_OUTPUT
-from g2vlm_ros.model.g2vlm import Reconstruction
+from g2vlm_ros.backends.window_post import EagerPost, confidence_source
 
 
 class BucketCache:
@@ -60,6 +59,5 @@ class NetworkBackend(GeometryBackend):
         batch, colors = prepare_images(images, self.input_device)
         with torch.no_grad():
             raw = self.raw_outputs(batch)
-            reconstruction = Reconstruction.from_raw(raw)
-        # per-view global descriptors (loop closure) where the network computes them (torch); else None
-        return GeometryResult.from_reconstruction(reconstruction, colors, descriptors=raw.get(DESCRIPTOR_OUTPUT))
+            outputs = EagerPost()(raw)
+        return GeometryResult.from_outputs(outputs, colors, confidence_source(raw))

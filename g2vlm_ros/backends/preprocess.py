@@ -28,9 +28,10 @@ def prepare_images(images: Sequence[np.ndarray], device: torch.device) -> tuple[
 
 
 class PinnedStaging:
-    """A page-locked host buffer per frame-batch shape, reused across windows: frames are stacked
-    into it and go to the device in one asynchronous copy (a pageable upload is staged and
-    synchronous per frame). Before the buffer is refilled, the previous copy out of it must be done."""
+    """A page-locked host buffer per frame-batch shape, reused across windows: each frame is copied
+    into it and goes to the device in an asynchronous copy that overlaps the host's copy of the next
+    frame (a pageable upload is staged and synchronous per frame). Before the buffer is refilled, the
+    previous copies out of it must be done."""
 
     def __init__(self):
         self.buffer: Optional[torch.Tensor] = None
@@ -42,8 +43,11 @@ class PinnedStaging:
             self.buffer, self.copied = torch.empty(shape, dtype=torch.uint8, pin_memory=True), None
         if self.copied is not None:
             self.copied.synchronize()
-        np.stack(images, out=self.buffer.numpy())
-        frames = self.buffer.to(device, non_blocking=True)
+        frames = torch.empty(shape, dtype=torch.uint8, device=device)
+        host = self.buffer.numpy()
+        for index, image in enumerate(images):
+            np.copyto(host[index], image)
+            frames[index].copy_(self.buffer[index], non_blocking=True)
         self.copied = torch.cuda.Event()
         self.copied.record(torch.cuda.current_stream(device))
         return frames
@@ -65,4 +69,4 @@ def resize_on_device(images: Sequence[np.ndarray], device: torch.device) -> torc
         batches = [torch.from_numpy(np.ascontiguousarray(image))[None].to(device) for image in images]
     resized = [F.interpolate(frames.permute(0, 3, 1, 2).float() / 255.0, (height, width), mode="bicubic",
                              align_corners=False, antialias=True) for frames in batches]
-    return torch.cat(resized).clamp_(0.0, 1.0)
+    return (resized[0] if len(resized) == 1 else torch.cat(resized)).clamp_(0.0, 1.0)

@@ -5,22 +5,27 @@ With CUDA graphs (the default on CUDA devices; `cuda_graphs=False` turns them of
 captured once as a CUDA graph and replayed, which removes the per-kernel launch cost that bounds
 eager latency; the first window of each size pays the warm-up and capture, which is logged and
 reported in `details()`. The captured graph keeps its network alive (`CapturedGraph.network`):
-the graph reads the network's buffers by address.
-`compile=True` wraps the network in torch.compile first. The pose's SVD (on the host) and all
-post-processing run eagerly.
+the graph reads the network's buffers by address. With CUDA graphs the post-processing is captured
+too, per size, after the pose's SVD on the host (`window_post.CapturedPost`).
+`compile=True` wraps the network in torch.compile first; without CUDA graphs the post-processing
+runs eagerly.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
-from g2vlm_ros.backends.backend import BackendUnavailableError
+from g2vlm_ros.backends.backend import BackendUnavailableError, GeometryResult, check_rgb_images
 from g2vlm_ros.backends.network_backend import BucketCache, NetworkBackend
+from g2vlm_ros.backends.preprocess import prepare_images
+from g2vlm_ros.backends.window_post import CapturedPost, confidence_source
 from g2vlm_ros.deploy.export import Bucket, GeometryGraph, graph_output_names
 from g2vlm_ros.model import CheckpointError, load_checkpoint
 from g2vlm_ros.precision import AUTO_PRECISION
@@ -56,7 +61,8 @@ def folder_token_ids(folder: Path) -> tuple[Optional[list[int]], Optional[dict[s
 class CapturedGraph:
     """One bucket's GeometryGraph captured as a CUDA graph with static input/output buffers."""
 
-    def __init__(self, network: torch.nn.Module, bucket: Bucket, device: torch.device, warmup: int = 3):
+    def __init__(self, network: torch.nn.Module, bucket: Bucket, device: torch.device, output_names: Sequence[str],
+                 warmup: int = 3):
         # the graph reads the network's buffers (prompt keys/values, marker embeddings, rotary and
         # position tables) by address: they must live as long as the graph. Without this reference
         # the backend dropped the GeometryGraph after the capture, the caching allocator handed its
@@ -71,13 +77,19 @@ class CapturedGraph:
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.no_grad():
-            self.static_outputs = network(self.static_input)
+            self.static_outputs = dict(zip(output_names, network(self.static_input), strict=True))
+        # the post-processing reads the static outputs: captured with them, dropped with them
+        self.post = CapturedPost(self.static_outputs, device)
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def replay(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The static outputs, valid until the next replay."""
         self.static_input.copy_(images)
         self.graph.replay()
+        return self.static_outputs
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         # copies: the next replay overwrites the static buffers, and results outlive a call
-        return tuple(output.clone() for output in self.static_outputs)
+        return {name: output.clone() for name, output in self.replay(images).items()}
 
 
 class TorchBackend(NetworkBackend):
@@ -142,23 +154,41 @@ class TorchBackend(NetworkBackend):
             network = torch.compile(network)
         return network
 
-    def raw_outputs(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's raw outputs for a preprocessed batch (the model-only part of `run`)."""
+    def _network_for(self, batch: torch.Tensor):
+        """The bucket's network (eager or compiled) or CapturedGraph, built on first use."""
         bucket = Bucket(batch.shape[0], batch.shape[2], batch.shape[3])
         network = self._networks.get(bucket)
         if network is None:
             started = time.perf_counter()
             network = self._network(bucket)
             if self.cuda_graphs:
-                network = CapturedGraph(network, bucket, self.device)
+                network = CapturedGraph(network, bucket, self.device, graph_output_names(self.model, descriptors=True))
                 torch.cuda.synchronize(self.device)
             self.warmup_seconds[bucket.stem] = time.perf_counter() - started
             LOG.info("input size %s ready in %.2f s (%s)", bucket.stem, self.warmup_seconds[bucket.stem],
                      "warm-up and CUDA graph capture" if self.cuda_graphs else "constants precomputed")
             self._networks.put(bucket, network)
+        return network
+
+    def raw_outputs(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's raw outputs for a preprocessed batch (the model-only part of `run`)."""
+        network = self._network_for(batch)
         with torch.no_grad():
             outputs = network(batch)
+        if self.cuda_graphs:
+            return outputs
         return dict(zip(graph_output_names(self.model, descriptors=True), outputs, strict=True))
+
+    def run(self, images: Sequence[np.ndarray]) -> GeometryResult:
+        if not self.cuda_graphs:
+            return super().run(images)
+        check_rgb_images(images)
+        batch, colors = prepare_images(images, self.input_device)
+        captured = self._network_for(batch)
+        with torch.no_grad():
+            raw = captured.replay(batch)  # no copies: the captured post-processing reads them in place
+            outputs = captured.post()
+        return GeometryResult.from_outputs(outputs, colors, confidence_source(raw))
 
     def release_caches(self) -> None:
         self._networks.clear()

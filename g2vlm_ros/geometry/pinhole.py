@@ -5,6 +5,8 @@ convention of sensor_msgs/CameraInfo's K matrix.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -61,11 +63,16 @@ def resize_nearest(image, width: int, height: int):
         rows = np.minimum(((np.arange(height) + 0.5) * src_h / height).astype(np.int64), src_h - 1)
         cols = np.minimum(((np.arange(width) + 0.5) * src_w / width).astype(np.int64), src_w - 1)
         return image[rows[:, None], cols[None, :]]
+    return (image.index_select(0, _nearest_indices(height, src_h, image.device))
+            .index_select(1, _nearest_indices(width, src_w, image.device)))
+
+
+@functools.lru_cache(maxsize=32)
+def _nearest_indices(count: int, source: int, device):
+    """resize_nearest's source index per target index, as a tensor on `device`: made once per size (each
+    window's depth is resized to its camera's size; making them costs four launches per axis)."""
     import torch  # only tensor callers pay for the import
 
-    def indices(count: int, source: int) -> torch.Tensor:
-        # the same float64 arithmetic as the numpy branch, made on the tensor's device (no upload)
-        scaled = (torch.arange(count, dtype=torch.float64, device=image.device) + 0.5) * source / count
-        return scaled.long().clamp_(max=source - 1)
-
-    return image.index_select(0, indices(height, src_h)).index_select(1, indices(width, src_w))
+    # the same float64 arithmetic as the numpy branch, made on the tensor's device (no upload)
+    scaled = (torch.arange(count, dtype=torch.float64, device=device) + 0.5) * source / count
+    return scaled.long().clamp_(max=source - 1)

@@ -123,8 +123,12 @@ def window_cloud(result: GeometryResult, scale: float, policy: OutputPolicy,
     if result.confidence is not None:
         confidence = result.confidence[:, ::stride, ::stride].reshape(-1).float()
         keep &= confidence >= policy.confidence_threshold
-        confidence = confidence[keep]
-    points, colors = points[keep], colors[keep]
+    # one wait for the device to count the kept points, then selections that need no count (a boolean mask
+    # per array would wait once per array)
+    keep = keep.nonzero()[:, 0]
+    points, colors = points.index_select(0, keep), colors.index_select(0, keep)
+    if confidence is not None:
+        confidence = confidence.index_select(0, keep)
     if policy.voxel_size > 0:
         points, colors, confidence = voxel_downsample(points, colors, confidence, policy.voxel_size)
     return Cloud(points.cpu().numpy(), colors.cpu().numpy(), None if confidence is None else confidence.cpu().numpy())
