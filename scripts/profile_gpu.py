@@ -1,13 +1,14 @@
 """Where the GPU time goes: top kernels of one decode step and of one geometry forward, and the
 host stages of an end-to-end window (full-size architecture, random weights, bf16, CUDA).
 
-  python3 scripts/profile_gpu.py --decode --geometry --views 1 8 --stages
+  PYTHONPATH=. python3 scripts/profile_gpu.py --decode --geometry --views 1 8 --stages
 
 Decode: the static decoder's captured step, replayed under torch.profiler (kernels per step, GPU
 time per step, top kernels) and timed with events (replay alone, and replay + argmax + host read
 as the generation loop does). Geometry: one CUDA-graph replay of the torch backend's network under
 the profiler (top kernels by GPU time). Stages: an end-to-end window split at synchronisation
-points (preprocess, network, pose/reconstruction, result, the node's post-processing).
+points (preprocess, network, post-processing, the node's post-processing), and the copies an
+end-to-end window cannot avoid, timed alone.
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from g2vlm_ros.deploy.export import DESCRIPTOR_OUTPUT
-from g2vlm_ros.geometry.intrinsics import solve_intrinsics
-from g2vlm_ros.geometry.window_frame import head_agreement_confidence
+from g2vlm_ros.geometry.window_frame import anchor_to_first_camera, head_agreement_confidence
+from g2vlm_ros.model.g2vlm import Reconstruction
 
 Outputs = dict[str, torch.Tensor]
 NORMALIZE_EPS = 1e-12  # as torch.nn.functional.normalize in heads.orthonormalize
@@ -36,10 +36,9 @@ def host_poses(rotation_raw: torch.Tensor, translation: torch.Tensor) -> tuple[t
     rows /= np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), NORMALIZE_EPS)
     u, _, vh = np.linalg.svd(np.swapaxes(rows, -1, -2))
     v = np.swapaxes(vh, -1, -2)
-    # products of 3x3 stacks by einsum: numpy's @ hands each to BLAS, whose threads cost more than the work
-    v[..., 2] *= np.linalg.det(np.einsum("nij,nkj->nik", v, u))[..., None]  # a proper rotation: det +1
+    v[..., 2] *= np.linalg.det(v @ np.swapaxes(u, -1, -2))[..., None]  # a proper rotation: det +1
     poses = np.zeros((rows.shape[0], 4, 4))
-    poses[:, :3, :3] = np.einsum("nij,nkj->nik", v, u)
+    poses[:, :3, :3] = v @ np.swapaxes(u, -1, -2)
     poses[:, :3, 3] = translation.detach().cpu().numpy()
     poses[:, 3, 3] = 1.0
     poses = poses.astype(np.float32)
@@ -52,29 +51,18 @@ def confidence_source(raw: Outputs) -> str:
     return "head" if raw.get("conf") is not None else "head_agreement"
 
 
-def apply_pose(poses: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """R p + t for poses [N,4,4] and points [N,H,W,3], as a broadcast product and a sum: a matrix product with
-    an inner size of 3 runs as a badly tiled GEMM on a GPU (40 us for one view's points on an H200)."""
-    return (poses[:, None, None, :3, :3] * points[..., None, :]).sum(-1) + poses[:, None, None, :3, 3]
-
-
 def finish_window(raw: Outputs, camera_poses: torch.Tensor, first_inverse: torch.Tensor) -> Outputs:
     """The device part: raw outputs and the host's poses (on the raw outputs' device) -> depth, local_points,
     world_points and camera_to_world (in the first camera's frame), intrinsics, and confidence and descriptors
-    where available; as `Reconstruction.from_raw` anchored by `anchor_to_first_camera`, with the anchoring
-    folded into the poses before they move the points (one pass over them). No step waits for the device: a
-    CUDA graph can capture it."""
-    local_points = raw["local_points"].float()
-    depth = local_points[..., 2]
-    conf = raw.get("conf")
-    confidence = torch.sigmoid(conf.float()) if conf is not None else None
-    intrinsics = solve_intrinsics(local_points, confidence).float()
-    camera_to_world = first_inverse @ camera_poses
-    world_points = apply_pose(camera_to_world, local_points)
+    where available. No step waits for the device: a CUDA graph can capture it."""
+    reconstruction = Reconstruction.from_raw_and_poses(raw, camera_poses)
+    camera_to_world, world_points = anchor_to_first_camera(camera_poses, reconstruction.points, first_inverse)
+    confidence = reconstruction.confidence
     if confidence is None:
-        confidence = head_agreement_confidence(world_points, raw["global_points"].float(), depth)
-    outputs = {"depth": depth, "local_points": local_points, "world_points": world_points,
-               "camera_to_world": camera_to_world, "intrinsics": intrinsics, "confidence": confidence,
+        confidence = head_agreement_confidence(world_points, reconstruction.global_points, reconstruction.depth)
+    outputs = {"depth": reconstruction.depth, "local_points": reconstruction.local_points,
+               "world_points": world_points, "camera_to_world": camera_to_world,
+               "intrinsics": reconstruction.intrinsics, "confidence": confidence,
                "descriptors": raw.get(DESCRIPTOR_OUTPUT)}
     return {name: tensor for name, tensor in outputs.items() if tensor is not None}
 

@@ -63,7 +63,12 @@ class Reconstruction(Mapping):
     def from_raw(cls, raw: dict[str, torch.Tensor]) -> Reconstruction:
         """Completes the heads' raw outputs (see `G2VLM.decode_geometry_raw`): the pose's rotation
         (SVD), world points, depth, intrinsics and confidence. Runs on the tensors' device."""
-        camera_poses = pose_matrix(raw["rotation_raw"], raw["translation"])
+        return cls.from_raw_and_poses(raw, pose_matrix(raw["rotation_raw"], raw["translation"]))
+
+    @classmethod
+    def from_raw_and_poses(cls, raw: dict[str, torch.Tensor], camera_poses: torch.Tensor) -> Reconstruction:
+        """`from_raw` with the camera poses [N,4,4] already made from the raw rotation and translation: no step
+        waits for the device, so a CUDA graph can capture it (backends.window_post)."""
         local_points = raw["local_points"].float()
         rotation, translation = camera_poses[:, :3, :3], camera_poses[:, None, None, :3, 3]
         conf = raw["conf"].float() if raw.get("conf") is not None else None
