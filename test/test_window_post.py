@@ -3,7 +3,7 @@ captured as a CUDA graph (backends/window_post.py). The captured half runs only 
 import pytest
 import torch
 
-from g2vlm_ros.backends.window_post import CapturedPost, EagerPost, confidence_source, finish_window, host_poses
+from g2vlm_ros.backends.window_post import CapturedPost, confidence_source, eager_post, finish_window, host_poses
 from g2vlm_ros.geometry.window_frame import anchor_to_first_camera, head_agreement_confidence
 from g2vlm_ros.model.g2vlm import Reconstruction
 
@@ -39,7 +39,7 @@ def test_host_poses_are_rotations_and_the_first_inverse_undoes_the_first_pose():
 
 def test_eager_post_is_the_reconstruction_anchored_to_the_first_camera():
     raw = raw_outputs()
-    outputs = EagerPost()(raw)
+    outputs = eager_post(raw)
     reference = Reconstruction.from_raw(raw)
     anchored, world_points = anchor_to_first_camera(reference.camera_poses, reference.points)
     torch.testing.assert_close(outputs["camera_to_world"], anchored, atol=1e-5, rtol=0)
@@ -55,7 +55,7 @@ def test_eager_post_is_the_reconstruction_anchored_to_the_first_camera():
 def test_confidence_comes_from_the_head_where_there_is_one():
     raw = raw_outputs(conf=True)
     assert confidence_source(raw) == "head"
-    torch.testing.assert_close(EagerPost()(raw)["confidence"], torch.sigmoid(raw["conf"]))
+    torch.testing.assert_close(eager_post(raw)["confidence"], torch.sigmoid(raw["conf"]))
 
 
 def test_the_device_part_never_reads_back_from_the_device():
@@ -77,7 +77,7 @@ def test_captured_post_replays_what_the_eager_post_computes_window_after_window(
         window = raw_outputs(device="cuda", seed=seed)
         for name, tensor in window.items():
             buffers[name].copy_(tensor)
-        got, expected = captured(), EagerPost()(window)
+        got, expected = captured(), eager_post(window)
         assert got.keys() == expected.keys()
         for name in expected:
             torch.testing.assert_close(got[name], expected[name].float(), atol=1e-6, rtol=1e-6, msg=name)

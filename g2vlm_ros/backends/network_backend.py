@@ -10,7 +10,7 @@ import torch
 
 from g2vlm_ros.backends.backend import GeometryBackend, GeometryResult, check_rgb_images
 from g2vlm_ros.backends.preprocess import prepare_images
-from g2vlm_ros.backends.window_post import EagerPost, confidence_source
+from g2vlm_ros.backends.window_post import confidence_source, eager_post
 
 
 class BucketCache:
@@ -59,5 +59,5 @@ class NetworkBackend(GeometryBackend):
         batch, colors = prepare_images(images, self.input_device)
         with torch.no_grad():
             raw = self.raw_outputs(batch)
-            outputs = EagerPost()(raw)
+            outputs = eager_post(raw)
         return GeometryResult.from_outputs(outputs, colors, confidence_source(raw))

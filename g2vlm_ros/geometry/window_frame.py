@@ -23,18 +23,13 @@ import torch
 AGREEMENT_SCALE = 0.1
 
 
-def first_camera_inverse(camera_to_world: torch.Tensor) -> torch.Tensor:
-    """camera_to_world [N,4,4] -> the first camera's world-to-camera [1,4,4] float32, on the host."""
-    # on the host in float64: on a GPU a 4x4 inverse is a solver launch plus an error check that waits
-    return torch.linalg.inv(camera_to_world[:1].detach().double().cpu()).float()
-
-
 def anchor_to_first_camera(camera_to_world: torch.Tensor, world_points: torch.Tensor,
                            first_inverse: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """camera_to_world [N,4,4], world_points [N,H,W,3] -> both expressed in the first camera's frame.
-    first_inverse: `first_camera_inverse(camera_to_world)` on the tensors' device, where the caller has it."""
+    first_inverse: the first camera's world-to-camera [1,4,4] on the tensors' device, where the caller has it."""
     if first_inverse is None:
-        first_inverse = first_camera_inverse(camera_to_world).to(camera_to_world.device)
+        # a 4x4 inverse on the host: on a GPU it is a solver launch plus an error check that waits
+        first_inverse = torch.linalg.inv(camera_to_world[:1].double().cpu()).float().to(camera_to_world.device)
     anchored = first_inverse @ camera_to_world
     rotation, translation = first_inverse[0, :3, :3], first_inverse[0, :3, 3]
     return anchored, world_points @ rotation.T + translation
