@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from itertools import pairwise
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def solid_frames(count: int, width: int = 96, height: int = 64) -> list[np.ndarr
 
 
 def run_play(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "g2vlm_ros.cli.play", *args], capture_output=True, text=True,
-                          timeout=timeout_s, env=os.environ.copy())
+    # -X faulthandler: a native crash (in the middleware, say) leaves its Python stack in stderr
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-m", "g2vlm_ros.cli.play", *args],
+                          capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
 
 
 def stamp_ns(msg) -> int:
@@ -240,15 +242,41 @@ def test_play_publishes_a_folder_looping_and_a_video_once_as_a_camera(ros_client
     assert 7 / 25 * 0.8 < span_s < 7 / 25 * 2.5, span_s  # paced at the video's 25 fps
 
 
+def test_play_holds_the_first_frame_until_as_many_subscribers_as_asked(ros_client, tmp_path):
+    """With --subscribers 2 (the demo: its node and its monitor) a subscriber that comes second still gets the
+    first frame, which would otherwise go out as soon as the first one matched."""
+    folder = write_folder(tmp_path / "frames", gradient_frames(3))
+    camera = f"play_two_{uuid.uuid4().hex[:8]}"  # the client's subscriptions outlive the test
+    first = ros_client.collect(Image, f"/{camera}/image_raw", RELIABLE)
+    log_path = tmp_path / "play.log"
+    with log_path.open("w") as log:
+        player = subprocess.Popen([sys.executable, "-m", "g2vlm_ros.cli.play", str(folder), "--camera", camera,
+                                   "--rate", "20", "--count", "3", "--delay", "0", "--wait-for-subscriber", "60",
+                                   "--subscribers", "2"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            wait_until(lambda: "waiting up to 60 s for 2 subscriber(s)" in log_path.read_text()
+                       or player.poll() is not None, 30, "play did not start waiting")
+            assert player.poll() is None, log_path.read_text()
+            wait_until(lambda: ros_client.node.count_publishers(f"/{camera}/image_raw"), 30, "play's publisher unseen")
+            time.sleep(0.5)  # matched both ways by now: with one subscriber, a wrong count would publish here
+            assert not first and player.poll() is None, log_path.read_text()  # one subscriber: still held
+            second = ros_client.collect(Image, f"/{camera}/image_raw", RELIABLE)
+            assert player.wait(60) == 0, log_path.read_text()
+        finally:
+            if player.poll() is None:
+                player.kill()
+    wait_until(lambda: len(first) == 3 and len(second) == 3, 10, f"got {len(first)} and {len(second)} of 3 frames")
+
+
 def test_play_refuses_unplayable_sources_with_a_reason(tmp_path):
     result = run_play(str(tmp_path / "missing.mp4"))
-    assert result.returncode == 2 and "is not 'synthetic', a folder of images, a video" in result.stderr
+    assert result.returncode == 2 and "is not 'synthetic', a folder of images, a video" in result.stderr, result
     corrupt = tmp_path / "corrupt.mcap"
     corrupt.write_bytes(b"garbage")
     result = run_play(str(corrupt), "--delay", "0")
-    assert result.returncode == 2 and "cannot read" in result.stderr + result.stdout
+    assert result.returncode == 2 and "cannot read" in result.stderr + result.stdout, result
     result = run_play("synthetic", "--rate", "0")
-    assert result.returncode == 2 and "--rate must be positive" in result.stderr
+    assert result.returncode == 2 and "--rate must be positive" in result.stderr, result
 
 
 def test_the_node_processes_a_compressed_camera_from_a_looping_bag(start_node, ros_client, tmp_path):

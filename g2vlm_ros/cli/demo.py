@@ -213,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
         banner("DEMO WITH THE PLACEHOLDER BACKEND: depth = 1 + image brightness, poses are fixed.\n"
                "The ROS plumbing is real, the geometry is not.")
     print(f"camera source: {args.source} -> {camera.image_topic} ({camera.transport})", flush=True)
-    player_cmd = [sys.executable, "-m", "g2vlm_ros.cli.play", *camera.player_args, "--wait-for-subscriber", "600"]
+    player_cmd = [sys.executable, "-m", "g2vlm_ros.cli.play", *camera.player_args, "--wait-for-subscriber", "600",
+                  "--subscribers", "2"]  # the node and this monitor: which input a keyframe was needs every frame
     if args.rate:
         player_cmd += ["--rate", str(args.rate)]
     args.output.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,8 @@ its recording times (--speed), once (--loop: again and again). Header stamps are
 Publishers are reliable (depth 10): they reach both SensorData (best effort) and reliable
 subscribers. /tf_static is transient local, as tf2 expects. DDS discovery takes up to about 3 s
 and messages sent before it are lost: --wait-for-subscriber S holds the first message until
-something subscribes (at most S s), and at the end play waits for subscribers to acknowledge.
+something subscribes (at most S s; with --subscribers N, until N do), and at the end play waits for
+subscribers to acknowledge.
 Ctrl-C (SIGINT) and SIGTERM stop it at any moment with exit status 0.
 """
 from __future__ import annotations
@@ -111,15 +112,24 @@ class StartPolicy:
     DDS discovery matched a subscriber are lost to it; discovery takes 0.2-3 s on one host)."""
 
     delay_s: float  # always pause this long
-    wait_for_subscriber_s: float  # and wait up to this long for a first subscriber (0: do not wait)
+    wait_for_subscriber_s: float  # and wait up to this long for subscribers (0: do not wait)
+    subscribers: int = 1  # how many: the demo waits for the node and its own monitor, so both see every frame
 
 
 def wait_for_subscribers(node, publishers: list, start: StartPolicy) -> None:
+    """Until a topic has `start.subscribers` subscribers, at most `start.wait_for_subscriber_s` s."""
+    def enough() -> bool:
+        return any(p.get_subscription_count() >= start.subscribers for p in publishers)
+
+    if start.wait_for_subscriber_s and not enough():
+        node.get_logger().info(f"waiting up to {start.wait_for_subscriber_s:g} s for {start.subscribers} "
+                               f"subscriber(s) on {', '.join(p.topic_name for p in publishers)}")
     deadline = time.monotonic() + start.wait_for_subscriber_s
-    while time.monotonic() < deadline and not any(p.get_subscription_count() for p in publishers):
+    while time.monotonic() < deadline and not enough():
         STOP.sleep(0.05)
-    if start.wait_for_subscriber_s and not any(p.get_subscription_count() for p in publishers):
-        node.get_logger().warning(f"no subscriber after {start.wait_for_subscriber_s:g} s; playing anyway")
+    if start.wait_for_subscriber_s and not enough():
+        node.get_logger().warning(f"fewer than {start.subscribers} subscriber(s) after "
+                                  f"{start.wait_for_subscriber_s:g} s; playing anyway")
     STOP.sleep(start.delay_s)  # also lets the subscriber's side finish matching this publisher
 
 
@@ -282,6 +292,9 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
                         help="seconds between creating the publishers and the first message")
     parser.add_argument("--wait-for-subscriber", type=float, default=0.0, metavar="SECONDS",
                         help="before playing, wait up to this long until something subscribes")
+    parser.add_argument("--subscribers", type=int, default=1, metavar="N",
+                        help="with --wait-for-subscriber: wait for N subscribers (e.g. a node and a recorder, so "
+                             "that both get the first message)")
     args, ros_args = parser.parse_known_args(argv)
     for name in ("rate", "speed"):
         value = getattr(args, name)
@@ -316,7 +329,7 @@ def _play(argv: Optional[list[str]]) -> int:
     try:
         node = rclpy.create_node("g2vlm_play")
         STOP.check()  # a stop during the set-up above
-        start = StartPolicy(max(0.0, args.delay), max(0.0, args.wait_for_subscriber))
+        start = StartPolicy(max(0.0, args.delay), max(0.0, args.wait_for_subscriber), max(1, args.subscribers))
         if bag:
             loop = bool(args.loop)
             sent = play_bag(node, Path(args.source), args.topics, args.speed, loop, args.keep_stamps, args.count,
