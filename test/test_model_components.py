@@ -265,3 +265,22 @@ def test_orthonormalize_gradient_is_exact_and_stays_finite_near_rotations():
         gradients.append(rotation.grad)
     assert torch.isfinite(gradients[0]).all()
     torch.testing.assert_close(gradients[0], gradients[1].float(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_heads_stay_in_fp32_under_a_training_autocast():
+    """Training runs the network under bf16 autocast. The heads must not: bf16's spacing at the camera
+    positions a model predicts (15-24 units from its origin) is 1/8 unit, coarser than many steps between
+    views, so the pose losses would read those steps as zero (a huge direction gradient) or reversed."""
+    model = G2VLM(tiny_config(num_heads=2, num_kv_heads=1)).eval()
+    special = {"bos_token_id": 1, "eos_token_id": 2, "start_of_image": 3, "end_of_image": 4}
+    with torch.no_grad():
+        tokens, _, _ = model.encode_geometry_tokens(torch.rand(2, 3, 42, 56), model.prefix_cache([10, 11], special),
+                                                    special)
+        model.camera_head.fc_t.bias.fill_(20.0)  # cameras far from the origin, as the trained models place them
+        exact = model.decode_geometry_raw(tokens, 42, 56)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.decode_geometry_raw(tokens, 42, 56)
+    assert {key: value.dtype for key, value in mixed.items()} == {key: torch.float32 for key in exact}
+    step, mixed_step = (raw["translation"][1] - raw["translation"][0] for raw in (exact, mixed))
+    # the decoders still run in bf16 (their rounding stays), but the step is not quantised to 1/8 unit
+    assert 0 < (mixed_step - step).norm() < 0.25 * step.norm()

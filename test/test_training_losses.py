@@ -113,3 +113,21 @@ def test_a_batch_of_scenes_costs_the_mean_of_its_scenes():
     for key in ("local", "global", "camera", "normal", "total"):
         expected = (float(singles[0][key]) + float(singles[1][key])) / 2
         assert float(batch[key]) == pytest.approx(expected, rel=1e-5, abs=1e-7), key
+
+
+def test_relative_poses_keep_short_steps_of_cameras_far_from_the_origin():
+    """A model places its cameras 15-24 units from its origin and steps 0.06-0.4 units apart. The relative
+    poses the losses compare must keep such a step whatever float32 products round to (TF32 on a GPU)."""
+    from g2vlm_ros.training.losses import relative_to_first
+
+    poses = torch.eye(4).repeat(1, 3, 1, 1)
+    for view in range(3):
+        poses[0, view, :3, :3] = rotation_y(30.0 + 2.0 * view) @ rotation_x(10.0)
+        poses[0, view, :3, 3] = torch.tensor([21.3, -17.9, 15.2]) + 0.06 * view * torch.tensor([0.6, 0.0, 0.8])
+    relative = relative_to_first(poses)
+    exact = poses.double()
+    first_rotation, first_position = exact[0, 0, :3, :3], exact[0, 0, :3, 3]
+    for view in (1, 2):
+        step = torch.linalg.solve(first_rotation, exact[0, view, :3, 3] - first_position)  # no cancellation
+        error = (relative[0, view, :3, 3] - step).norm() / step.norm()
+        assert error < 1e-9, (view, float(error))  # float32 products: 3e-5 here, TF32: percents

@@ -274,19 +274,26 @@ class G2VLM(nn.Module):
         positions = patch_grid_positions(tokens.shape[0], height // PATCH_SIZE, width // PATCH_SIZE, tokens.device)
         # one set of rotary tables for every block of the three decoders
         positions = self.point_decoder.rope.tables(positions, tokens.shape[-1] // HEAD_DECODER_HEADS, tokens.dtype)
-        raw = self.point_head(self.point_decoder(tokens, positions), height, width)
-        xy, log_z = raw.split((2, 1), dim=-1)
-        z = torch.exp(log_z)
-        rotation_raw, translation = self.camera_head(self.camera_decoder(tokens, positions))
-        outputs = {
-            "local_points": torch.cat((xy * z, z), dim=-1),
-            "global_points": self.global_point_head(
-                self.global_points_decoder(tokens, positions, first_views, positions), height, width),
-            "rotation_raw": rotation_raw,
-            "translation": translation,
-        }
-        if self.config.has_confidence_head:
-            outputs["conf"] = self.conf_head(self.conf_decoder(tokens, positions), height, width)[..., 0]
+        point_hidden = self.point_decoder(tokens, positions)
+        camera_hidden = self.camera_decoder(tokens, positions)
+        global_hidden = self.global_points_decoder(tokens, positions, first_views, positions)
+        conf_hidden = self.conf_decoder(tokens, positions) if self.config.has_confidence_head else None
+        # The heads run in fp32 outside autocast, as in the official model. Under a training autocast their
+        # linears would give bf16, whose spacing at camera positions 15-24 units from the origin is 1/8 unit:
+        # coarser than many steps between views, which the pose losses then read as zero or reversed.
+        with torch.autocast(tokens.device.type, enabled=False):
+            raw = self.point_head(point_hidden, height, width)
+            xy, log_z = raw.split((2, 1), dim=-1)
+            z = torch.exp(log_z)
+            rotation_raw, translation = self.camera_head(camera_hidden)
+            outputs = {
+                "local_points": torch.cat((xy * z, z), dim=-1),
+                "global_points": self.global_point_head(global_hidden, height, width),
+                "rotation_raw": rotation_raw,
+                "translation": translation,
+            }
+            if conf_hidden is not None:
+                outputs["conf"] = self.conf_head(conf_hidden, height, width)[..., 0]
         return outputs
 
     @torch.no_grad()
