@@ -269,7 +269,7 @@ def test_orthonormalize_gradient_is_exact_and_stays_finite_near_rotations():
 
 def test_the_heads_stay_in_fp32_under_a_training_autocast():
     """Training runs the network under bf16 autocast. The heads must not: bf16's spacing at the camera
-    positions a model predicts (15-24 units from its origin) is 1/8 unit, coarser than many steps between
+    positions a model predicts (15-24 units from its origin) is 1/16-1/8 unit, coarser than many steps between
     views, so the pose losses would read those steps as zero (a huge direction gradient) or reversed."""
     model = G2VLM(tiny_config(num_heads=2, num_kv_heads=1)).eval()
     special = {"bos_token_id": 1, "eos_token_id": 2, "start_of_image": 3, "end_of_image": 4}
@@ -282,5 +282,5 @@ def test_the_heads_stay_in_fp32_under_a_training_autocast():
             mixed = model.decode_geometry_raw(tokens, 42, 56)
     assert {key: value.dtype for key, value in mixed.items()} == {key: torch.float32 for key in exact}
     step, mixed_step = (raw["translation"][1] - raw["translation"][0] for raw in (exact, mixed))
-    # the decoders still run in bf16 (their rounding stays), but the step is not quantised to 1/8 unit
+    # the decoders still run in bf16 (their rounding stays), but the step is not quantised to 1/8 unit steps
     assert 0 < (mixed_step - step).norm() < 0.25 * step.norm()

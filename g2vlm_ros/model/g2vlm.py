@@ -279,7 +279,7 @@ class G2VLM(nn.Module):
         global_hidden = self.global_points_decoder(tokens, positions, first_views, positions)
         conf_hidden = self.conf_decoder(tokens, positions) if self.config.has_confidence_head else None
         # The heads run in fp32 outside autocast, as in the official model. Under a training autocast their
-        # linears would give bf16, whose spacing at camera positions 15-24 units from the origin is 1/8 unit:
+        # linears would give bf16, whose spacing at camera positions 15-24 units from the origin is 1/16-1/8 unit:
         # coarser than many steps between views, which the pose losses then read as zero or reversed.
         with torch.autocast(tokens.device.type, enabled=False):
             raw = self.point_head(point_hidden, height, width)

@@ -16,7 +16,7 @@ Why `direction`: the camera term's translation part is a Huber error in units of
 shrinks: weigh it accordingly (0.01-0.02 puts it on a par with the other terms).
 
 The pose algebra (each scene's poses in its first camera's frame, the pairs' rotations and steps) runs in
-float64: a model places its cameras 15-24 units from its origin while the steps between views are 0.06-0.4
+float64: a model places its cameras 15-24 units from its origin while the steps between views are 0.02-0.8
 units, and a float32 product that a GPU runs in TF32 (10-bit mantissa) misplaces such a step by up to 8 %.
 float64 products never use TF32, and a few 4x4 matrices per scene cost nothing.
 """
