@@ -29,11 +29,11 @@ def rounded_steps(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     from g2vlm_ros.model.config import PATCH_SIZE
     from g2vlm_ros.model.rope import patch_grid_positions
 
-    scenes, views = images.shape[:2]
+    scenes, views, _, height, width = images.shape
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         tokens, _, _ = model.encode_geometry_tokens(images, model.prefix_cache(PROMPT_IDS, SPECIAL), SPECIAL)
         tokens = tokens.flatten(0, 1)
-        positions = patch_grid_positions(tokens.shape[0], HEIGHT // PATCH_SIZE, WIDTH // PATCH_SIZE, tokens.device)
+        positions = patch_grid_positions(tokens.shape[0], height // PATCH_SIZE, width // PATCH_SIZE, tokens.device)
         hidden = model.camera_decoder(tokens, positions)
         _, bf16 = model.camera_head(hidden)
         with torch.autocast("cpu", enabled=False):
